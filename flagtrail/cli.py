@@ -1,0 +1,381 @@
+"""The ``flagtrail`` command: thin argument handling over producers/ and relay/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from flagtrail import __version__, settings
+from flagtrail.logs import configure as configure_logging
+from producers.errors import ConfigError, FlagtrailError, InvalidChange, PolicyError
+
+EXIT_ERROR, EXIT_BLOCKED, EXIT_TAMPERED = 2, 3, 1
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-01-31") from None
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _add_backends(parser: argparse.ArgumentParser, outbox: bool = True, log: bool = True) -> None:
+    if outbox:
+        parser.add_argument(
+            "--outbox-url",
+            help="SQLAlchemy URL of the outbox database "
+            "[env FLAGTRAIL_OUTBOX_URL, default sqlite:///outbox.db]",
+        )
+    if log:
+        parser.add_argument(
+            "--log-url",
+            help="immutable log: sqlite:///log.db or "
+            "kafka://host:port/topic [env FLAGTRAIL_LOG_URL, default "
+            "sqlite:///log.db]",
+        )
+    parser.add_argument("--chain", help="chain id [env FLAGTRAIL_CHAIN, default flag-audit]")
+
+
+def _outbox(args: argparse.Namespace):  # -> producers.Outbox
+    from producers import Outbox
+
+    engine = settings.make_engine(settings.outbox_url(args.outbox_url))
+    return Outbox(
+        engine,
+        settings.identities_path(getattr(args, "identities", None)),
+        chain_id=settings.chain_id(args.chain),
+    )
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from flagtrail.controlplane import apply_change, ensure_flag_store
+    from producers import FlagChange
+
+    outbox = _outbox(args)
+    ensure_flag_store(outbox)
+    change = FlagChange(
+        actor=args.actor,
+        approver=args.approver or None,
+        role=args.role,
+        flag_key=args.flag,
+        environment=args.env,
+        action=args.action,
+        before=args.before,
+        after=args.after,
+        reason=args.reason,
+        change_ref=args.change_ref,
+    )
+    with outbox.engine.begin() as conn:
+        event_id = apply_change(conn, outbox, change)
+    print(f"recorded {args.action} of {args.flag} in {args.env}: event {event_id}")
+    return 0
+
+
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    from flagtrail.loadgen import generate
+
+    outbox = _outbox(args)
+    directory = outbox.identities._current()
+    result = generate(
+        outbox,
+        directory,
+        args.events,
+        args.rate,
+        args.per_transaction,
+        args.blocked_ratio,
+        args.seed,
+        progress=lambda r: print(
+            f"  … {r.recorded + r.rejected} changes ({r.rejected} blocked), {r.seconds:.1f}s",
+            file=sys.stderr,
+        ),
+    )
+    rate = (result.recorded + result.rejected) / result.seconds if result.seconds else 0
+    print(
+        f"recorded {result.recorded} changes and {result.rejected} blocked attempts in "
+        f"{result.seconds:.2f}s ({rate:,.0f}/s)"
+    )
+    return 0
+
+
+def _relay(args: argparse.Namespace):  # -> relay.relay.Relay
+    from relay.logs import open_log
+    from relay.outbox import open_outbox_source
+    from relay.relay import Relay
+
+    engine = settings.make_engine(settings.outbox_url(args.outbox_url))
+    source = open_outbox_source(engine, settings.chain_id(args.chain))
+    audit_log = open_log(settings.log_url(args.log_url))
+    return Relay(source, audit_log, batch_size=args.batch_size)
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    relay = _relay(args)
+    if args.once:
+        relay.resume()
+        count = relay.drain()
+        print(f"relayed {count} events; chain head is sequence {relay.head.sequence}")
+        return 0
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    relay.run(stop, idle_wait=args.idle_wait)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from producers.controls import parse_controls
+    from relay.export import export_window
+    from relay.logs import open_log
+
+    controls = None
+    if args.controls:
+        try:
+            controls = parse_controls(args.controls)
+        except ValueError as exc:
+            raise ConfigError(f"--controls: {exc}") from None
+    key = Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key))
+    with open_log(settings.log_url(args.log_url)) as audit_log:
+        paths, manifest = export_window(
+            audit_log,
+            args.start,
+            args.end,
+            Path(args.out),
+            key,
+            controls,
+            progress=lambda n: print(f"  … {n:,} records", file=sys.stderr),
+        )
+    print(f"Evidence file : {paths.jsonl}")
+    print(f"Signature file: {paths.signature}")
+    print(f"Manifest      : {paths.manifest}")
+    print(f"Summary       : {paths.summary}")
+    print(f"Records       : {manifest['record_count']}")
+    print(f"SHA-256       : {manifest['sha256']}")
+    if manifest["record_count"] == 0:
+        print("Note: no events in this window.", file=sys.stderr)
+    print(f"Verify with   : {manifest['verify_commands'][0]}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from relay.verify import render, verify_export
+
+    report = verify_export(
+        Path(args.file), Path(args.pubkey) if args.pubkey else None, args.anchor, args.workers
+    )
+    print(render(report))
+    return 0 if report.ok else EXIT_TAMPERED
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from producers.controls import parse_controls
+    from relay.summary import count_controls, format_summary
+
+    controls = parse_controls(args.controls) if args.controls else None
+    print(format_summary(count_controls(Path(args.file)), controls), end="")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from relay.signing import generate_keypair
+
+    private, public = generate_keypair(Path(args.out), args.type, args.force)
+    print(f"private key: {private} (mode 0600; keep it secret, point AUDIT_SIGNING_KEY_PATH at it)")
+    print(f"public key : {public} (register it in your security controls documentation)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flagtrail.demo import run_demo
+
+    if args.log_level == "info":  # keep the demo's screen for the story, not the relay's logs
+        configure_logging(args.log_format, "warning")
+    return run_demo(Path(args.dir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flagtrail",
+        description="Provable SOC2 evidence for feature-flag changes: outbox → relay → "
+        "hash-chained log → signed exports.",
+    )
+    parser.add_argument("--version", action="version", version=f"flagtrail {__version__}")
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="structured log format on stderr (auto: console on a terminal)",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on the embedded default",
+        description="Record sample changes (some blocked), relay, export with "
+        "a fresh key, verify, and show how to check it with openssl.",
+    )
+    p.add_argument("--dir", default=".", help="folder for the demo's files (default: here)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "record",
+        help="record one flag change through the producer path",
+        description="Runs the write-time policy and records the change; a "
+        "blocked change exits 3 with the policy message.",
+    )
+    p.add_argument("--flag", required=True, help="flag key, e.g. checkout-v2")
+    p.add_argument("--env", required=True, help="environment, e.g. production")
+    p.add_argument("--action", required=True, choices=["create", "update", "rollout", "delete"])
+    p.add_argument("--actor", required=True, help="identity making the change")
+    p.add_argument("--approver", help="identity approving it (required in production)")
+    p.add_argument("--role", required=True, help="role the actor acts in")
+    p.add_argument("--before", type=_json_arg, default=None, help="prior state, JSON")
+    p.add_argument("--after", type=_json_arg, default=None, help="new state, JSON")
+    p.add_argument("--reason", default="", help="justification (required)")
+    p.add_argument("--change-ref", default="", help="ticket, e.g. CHG-4821 (production)")
+    p.add_argument("--identities", help="identity directory TOML [env FLAGTRAIL_IDENTITIES]")
+    _add_backends(p, log=False)
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("loadgen", help="record N realistic changes (load tests, benchmarks)")
+    p.add_argument("--events", type=_positive, required=True, help="how many changes")
+    p.add_argument("--rate", type=float, help="changes per second (default: as fast as possible)")
+    p.add_argument(
+        "--per-transaction",
+        type=_positive,
+        default=1,
+        help="changes per database transaction (default 1, as a control plane)",
+    )
+    p.add_argument(
+        "--blocked-ratio",
+        type=float,
+        default=0.02,
+        help="share of production changes that self-approve and get blocked",
+    )
+    p.add_argument("--seed", type=int, default=7, help="random seed")
+    p.add_argument("--identities", help="identity directory TOML [env FLAGTRAIL_IDENTITIES]")
+    _add_backends(p, log=False)
+    p.set_defaults(func=cmd_loadgen)
+
+    p = sub.add_parser(
+        "relay",
+        help="move committed outbox rows into the immutable log",
+        description="The relay daemon, single writer of the chain. SIGTERM "
+        "finishes the current batch and exits.",
+    )
+    p.add_argument("--once", action="store_true", help="drain what is committed and exit")
+    p.add_argument("--batch-size", type=_positive, default=2000, help="rows per log append")
+    p.add_argument(
+        "--idle-wait",
+        type=float,
+        default=1.0,
+        help="seconds to wait for new rows between polls (default 1)",
+    )
+    _add_backends(p)
+    p.set_defaults(func=cmd_relay)
+
+    p = sub.add_parser(
+        "export",
+        help="write the signed evidence package for a window",
+        description="Whole UTC days, both included. Writes the JSONL, its "
+        ".sig, a manifest and the per-control summary.",
+    )
+    p.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
+    p.add_argument("--end", type=_date, required=True, help="last day, YYYY-MM-DD (included)")
+    p.add_argument(
+        "--controls", help="controls to report, e.g. CC6.1,CC6.6,CC8.1 (never removes records)"
+    )
+    p.add_argument(
+        "--signing-key",
+        help="private key PEM [env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
+    )
+    p.add_argument("--out", default=".", help="output folder (default: here)")
+    _add_backends(p, outbox=False)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "verify",
+        help="check an export's chain, manifest and signature",
+        description="Exit 0 when intact; exit 1 naming the first bad record.",
+    )
+    p.add_argument("file", help="the .jsonl export")
+    p.add_argument(
+        "--pubkey",
+        help="the registered public key PEM (default: the key the "
+        "manifest names, if beside the file)",
+    )
+    p.add_argument(
+        "--anchor",
+        help="hash the first record must link to (default: the manifest's anchor, else GENESIS)",
+    )
+    p.add_argument("--workers", type=_positive, help="processes (default: one per core)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("summary", help="per-control summary of an export (the seed's format)")
+    p.add_argument("file", help="the .jsonl export")
+    p.add_argument("--controls", help="only these controls, e.g. CC6.1,CC8.1")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("keygen", help="create a signing key pair")
+    p.add_argument("--out", default=".", help="folder for audit-private.pem and audit-public.pem")
+    p.add_argument(
+        "--type", choices=["rsa", "ec"], default="rsa", help="RSA 3072 (default) or EC P-256"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing key pair")
+    p.set_defaults(func=cmd_keygen)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        return args.func(args)
+    except PolicyError as exc:
+        print(f"blocked (403): {exc.message}", file=sys.stderr)
+        return EXIT_BLOCKED
+    except InvalidChange as exc:
+        print(f"flagtrail: invalid change (400): {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ConfigError, FlagtrailError) as exc:
+        print(f"flagtrail: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OperationalError as exc:
+        print(f"flagtrail: error: cannot use the outbox database: {exc.orig}", file=sys.stderr)
+        return EXIT_ERROR
+    except SQLAlchemyError as exc:
+        print(f"flagtrail: error: outbox database error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Outbox readers; ``open_outbox_source`` picks one from the engine's dialect."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from producers.errors import ConfigError
+from relay.outbox.base import Backlog, OutboxPosition, OutboxRow, OutboxSource
+
+
+def open_outbox_source(engine: Engine, chain_id: str) -> OutboxSource:
+    from producers.schema import ensure_schema
+
+    ensure_schema(engine)
+    if engine.dialect.name == "sqlite":
+        from relay.outbox.sqlite import SQLiteOutboxSource
+
+        return SQLiteOutboxSource(engine, chain_id)
+    if engine.dialect.name == "postgresql":
+        from relay.outbox.postgres import PostgresOutboxSource
+
+        return PostgresOutboxSource(engine, chain_id)
+    raise ConfigError(f"no outbox reader for {engine.dialect.name}")
+
+
+__all__ = ["Backlog", "OutboxPosition", "OutboxRow", "OutboxSource", "open_outbox_source"]

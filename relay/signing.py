@@ -1,0 +1,119 @@
+"""Signing keys and detached signatures that ``openssl dgst -sha256`` accepts (RSA and EC)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from producers.errors import ConfigError
+
+PRIVATE_KEY_FILE = "audit-private.pem"
+PUBLIC_KEY_FILE = "audit-public.pem"
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+def generate_keypair(
+    out_dir: Path, kind: str = "rsa", overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write audit-private.pem (mode 0600) and audit-public.pem into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = out_dir / PRIVATE_KEY_FILE, out_dir / PUBLIC_KEY_FILE
+    if not overwrite and (private_path.exists() or public_path.exists()):
+        raise ConfigError(
+            f"{private_path} or {public_path} already exists; "
+            "move it away or pass --force to replace the key pair"
+        )
+    if kind == "rsa":
+        key: PrivateKey = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    elif kind == "ec":
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        raise ConfigError(f"key type {kind!r} is not supported: use rsa or ec")
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    public_path.write_bytes(public_pem(key.public_key()))
+    return private_path, public_path
+
+
+def public_pem(key: PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def fingerprint(key: PublicKey) -> str:
+    """SHA-256 of the DER public key: `openssl pkey -pubin -outform DER | sha256sum`."""
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "SHA256:" + hashlib.sha256(der).hexdigest()
+
+
+def _read(path: Path, what: str, hint: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} not found; {hint}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def load_private_key(path: Path) -> PrivateKey:
+    data = _read(
+        path,
+        "signing key",
+        "create one with `flagtrail keygen --out DIR` or "
+        "set AUDIT_SIGNING_KEY_PATH / --signing-key",
+    )
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"{path} is not an unencrypted PEM private key: {exc}") from exc
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path}: only RSA and EC keys work with `openssl dgst -sha256`")
+    return key
+
+
+def load_public_key(path: Path) -> PublicKey:
+    data = _read(path, "public key", "pass the auditor's registered key with --pubkey")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"{path} is not a PEM public key: {exc}") from exc
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise ConfigError(f"{path}: only RSA and EC public keys are supported")
+    return key
+
+
+_PREHASHED = Prehashed(hashes.SHA256())
+
+
+def sign_digest(sha256_digest: bytes, key: PrivateKey) -> bytes:
+    """Sign a file by its SHA-256 (streamed by the caller): PKCS#1 v1.5 for RSA, DER
+    ECDSA for EC, which is what `openssl dgst -sha256 -sign` makes."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(sha256_digest, padding.PKCS1v15(), _PREHASHED)
+    return key.sign(sha256_digest, ec.ECDSA(_PREHASHED))
+
+
+def signature_valid(sha256_digest: bytes, signature: bytes, key: PublicKey) -> bool:
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, sha256_digest, padding.PKCS1v15(), _PREHASHED)
+        else:
+            key.verify(signature, sha256_digest, ec.ECDSA(_PREHASHED))
+    except InvalidSignature:
+        return False
+    return True
