@@ -97,6 +97,7 @@ class Relay:
 
     def resume(self) -> ChainHead:
         """Adopt the log's tail as the chain head; finish marking a crashed batch."""
+        self.log.claim()
         self.head = ChainHead.of(self.log.tail())
         if self.head.position is not None:
             repaired = self.source.mark_through(self.head.position, now_us())

@@ -33,6 +33,9 @@ class AuditLog(ABC):
 
     url: str
 
+    def claim(self) -> None:  # noqa: B027 - optional hook
+        """Become the chain's single writer (fence older writers) before reading the tail."""
+
     @abstractmethod
     def tail(self) -> LogEntry | None:
         """The last committed entry, or None for an empty log."""
