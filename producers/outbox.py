@@ -137,18 +137,19 @@ class Outbox:
         # connection would wait forever, and a row put in the caller's transaction
         # could be undone by a savepoint rollback. Write it when that transaction
         # ends: into its commit if it commits, on its own right after a rollback.
-        def forget() -> None:
-            event.remove(conn, "rollback", on_rollback)
-            event.remove(conn, "commit", on_commit)
+        # The listeners live on this Connection object only and go with it; the
+        # flag makes them fire once, for whichever end comes first.
+        pending = [row]
 
         def on_commit(committing: Connection) -> None:
-            forget()
-            _raw_sqlite_insert(committing, row)
+            if pending:
+                _raw_sqlite_insert(committing, pending.pop())
 
         def on_rollback(rolled_back: Connection) -> None:
-            forget()
-            rolled_back.connection.driver_connection.rollback()
-            write()
+            if pending:
+                pending.pop()
+                rolled_back.connection.driver_connection.rollback()
+                write()
 
         event.listen(conn, "rollback", on_rollback)
         event.listen(conn, "commit", on_commit)

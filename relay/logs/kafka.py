@@ -21,7 +21,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from producers.errors import ConfigError
-from relay.logs.base import AuditLog, LogEntry, LogUnavailable
+from relay.logs.base import AuditLog, ChainConflict, LogEntry, LogUnavailable
 from relay.outbox.base import OutboxPosition
 
 MIN_RETENTION_MS = 24 * 31 * 24 * 3600 * 1000  # SOC2 evidence: at least 24 months
@@ -78,6 +78,7 @@ class KafkaAuditLog(AuditLog):
         self.request_timeout_ms = request_timeout_ms
         self._producer: KafkaProducer | None = None
         self._topic_checked = False
+        self._written_sequence: int | None = None  # last sequence this writer committed
 
     # -- topic set-up -------------------------------------------------------------------
     def ensure_topic(self) -> None:
@@ -175,8 +176,16 @@ class KafkaAuditLog(AuditLog):
         """init_transactions: fence older relays and settle any transaction they left open."""
         self._drop_writer()
         self._writer()
+        tail = self.tail()
+        self._written_sequence = tail.sequence if tail else 0
 
     def append(self, entries: Sequence[LogEntry], after_sequence: int) -> None:
+        # Other processes are kept out by fencing; this catches a stale caller here.
+        if self._written_sequence is not None and after_sequence != self._written_sequence:
+            raise ChainConflict(
+                f"log tail is sequence {self._written_sequence}, the caller "
+                f"expected {after_sequence}"
+            )
         producer = self._writer()
         try:
             producer.begin_transaction()
@@ -189,10 +198,12 @@ class KafkaAuditLog(AuditLog):
                     headers=_headers(entry),
                 )
             producer.commit_transaction()
+            self._written_sequence = entries[-1].sequence if entries else after_sequence
         except Exception as exc:
             # fenced, timed out or broker gone: whether the commit landed is decided
             # by the tail, which the relay re-reads after re-initializing
             self._drop_writer()
+            self._written_sequence = None
             raise LogUnavailable(f"Kafka append to {self.topic} failed: {exc!r}") from exc
 
     # -- reading ------------------------------------------------------------------------
