@@ -11,9 +11,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-
-from flagtrail import __version__, settings
+from flagtrail import __version__
 from flagtrail.logs import configure as configure_logging
 from producers.errors import ConfigError, FlagtrailError, InvalidChange, PolicyError
 
@@ -62,6 +60,7 @@ def _add_backends(parser: argparse.ArgumentParser, outbox: bool = True, log: boo
 
 
 def _outbox(args: argparse.Namespace):  # -> producers.Outbox
+    from flagtrail import settings
     from producers import Outbox
 
     engine = settings.make_engine(settings.outbox_url(args.outbox_url))
@@ -123,6 +122,7 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
 
 
 def _relay(args: argparse.Namespace):  # -> relay.relay.Relay
+    from flagtrail import settings
     from relay.logs import open_log
     from relay.outbox import open_outbox_source
     from relay.relay import Relay
@@ -148,6 +148,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from flagtrail import settings
     from producers.controls import parse_controls
     from relay.export import export_window
     from relay.logs import open_log
@@ -353,6 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _database_error(exc: Exception) -> str | None:
+    """A readable line for SQLAlchemy errors (imported only by commands that use it)."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    if errors is None or not isinstance(exc, errors.SQLAlchemyError):
+        return None
+    if isinstance(exc, errors.OperationalError):
+        return f"cannot use the outbox database: {exc.orig}"
+    return f"outbox database error: {exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format, args.log_level)
@@ -367,11 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FlagtrailError) as exc:
         print(f"flagtrail: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except OperationalError as exc:
-        print(f"flagtrail: error: cannot use the outbox database: {exc.orig}", file=sys.stderr)
-        return EXIT_ERROR
-    except SQLAlchemyError as exc:
-        print(f"flagtrail: error: outbox database error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        database = _database_error(exc)
+        if database is None:
+            raise
+        print(f"flagtrail: error: {database}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -7,7 +7,7 @@ import hashlib
 import json
 
 import orjson
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from relay.canonical import GENESIS, chain_hash, frame_line, line_parts, seal
@@ -52,6 +52,11 @@ def test_sealed_line_verifies_with_the_seed_formula(record: dict, prev: str) -> 
 
 @settings(max_examples=400, deadline=None)
 @given(records)
+@example({"f": 1e-05})
+@example({"f": [1e-09, -7.1850441006303285e-09]})
+@example({"f": 0.000015212603486793025, "g": 1e16, "h": 1e22, "i": 5e-324})
+@example({"f": 1.7976931348623157e308, "s": "0.00001 and 1e-9 in text"})
+@example({"é": "zoë 🚀 — \u2028\x7f\x1f", "n": 2**70})
 def test_fast_path_agrees_with_seed_on_canonical_and_foreign_encodings(record: dict) -> None:
     """Whatever bytes sit between the framing, line_parts yields the seed's payload."""
     canonical = json.dumps(record, sort_keys=True, separators=(",", ":"))

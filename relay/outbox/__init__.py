@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from producers.errors import ConfigError
 from relay.outbox.base import Backlog, OutboxPosition, OutboxRow, OutboxSource
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def open_outbox_source(engine: Engine, chain_id: str) -> OutboxSource:

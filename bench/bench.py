@@ -1,0 +1,383 @@
+"""flagtrail benchmarks: `make bench` (or `python bench/bench.py [embedded] [scale]`).
+
+Figures go to bench/results.md with the command that produced them. Ratios are
+measured side by side in one run; this machine is noisy, so compare within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, text
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from flagtrail import loadgen, settings  # noqa: E402
+from producers import FlagChange, Outbox  # noqa: E402
+from producers.identity import SAMPLE_DIRECTORY  # noqa: E402
+from relay.export import export_window  # noqa: E402
+from relay.logs import open_log  # noqa: E402
+from relay.outbox import open_outbox_source  # noqa: E402
+from relay.relay import Relay  # noqa: E402
+from relay.signing import generate_keypair  # noqa: E402
+
+WORK = REPO / "bench" / "work"
+RESULTS = REPO / "bench" / "results.md"
+SEED_VERIFY = REPO / "tests" / "seed" / "verify_chain.py"
+H1 = "flag-audit-soc2_2026-01-01_2026-06-30.jsonl"
+
+flag_table = Table(
+    "bench_flags",
+    MetaData(),
+    Column("id", Integer, primary_key=True),
+    Column("flag_key", String(100)),
+    Column("state", String(200)),
+)
+
+
+class Clock:
+    """Producer clock stepping through the first half of 2026."""
+
+    def __init__(self, events: int) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+        self.step = timedelta(days=180) / max(events, 1)
+
+    def __call__(self) -> datetime:
+        self.now += self.step
+        return self.now
+
+
+def change(n: int, all_non_ascii: bool = False) -> FlagChange:
+    """Realistic text: the load generator's reasons, one in six with non-ASCII."""
+    reason = "Gradual rollout — step ✅" if all_non_ascii else loadgen.REASONS[n % 6]
+    return FlagChange(
+        actor="alice@example.com",
+        approver="bob@example.com",
+        role="release-manager",
+        flag_key=f"flag-{n % 50}",
+        environment="production",
+        action="rollout",
+        before={"enabled": True, "rollout": n % 100},
+        after={"enabled": True, "rollout": (n + 5) % 100, "segments": ["beta", "eu"]},
+        reason=reason,
+        change_ref=f"CHG-{n}",
+    )
+
+
+def fill_outbox(
+    outbox: Outbox, events: int, per_transaction: int = 1000, all_non_ascii: bool = False
+) -> float:
+    started = time.perf_counter()
+    for first in range(0, events, per_transaction):
+        with outbox.engine.begin() as conn:
+            for n in range(first, min(first + per_transaction, events)):
+                outbox.record(conn, change(n, all_non_ascii))
+    return time.perf_counter() - started
+
+
+def fresh(name: str) -> Path:
+    folder = WORK / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "identities.toml").write_text(SAMPLE_DIRECTORY)
+    return folder
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def timed_drain(outbox: Outbox, log_url: str) -> tuple[int, float]:
+    relay = Relay(
+        open_outbox_source(outbox.engine, outbox.chain_id), open_log(log_url), batch_size=2000
+    )
+    relay.resume()
+    started = time.perf_counter()
+    count = relay.drain()
+    seconds = time.perf_counter() - started
+    relay.log.close()
+    return count, seconds
+
+
+# -- embedded ------------------------------------------------------------------------------
+def bench_embedded(lines: list[str], drain_events: int, verify_events: int) -> None:
+    folder = fresh("embedded")
+    engine = settings.make_engine(f"sqlite:///{folder / 'outbox.db'}")
+    outbox = Outbox(engine, str(folder / "identities.toml"), clock=Clock(drain_events))
+    fill_outbox(outbox, drain_events)
+    count, seconds = timed_drain(outbox, f"sqlite:///{folder / 'log.db'}")
+    lines.append(
+        f"| embedded relay drain (SQLite → SQLite), {count:,} backlog | "
+        f"{count / seconds:,.0f} events/s | goal ≥ 30,000 |"
+    )
+    engine.dispose()
+
+    verify_vs_seed(lines, verify_events, all_non_ascii=False)
+    verify_vs_seed(lines, verify_events, all_non_ascii=True)
+
+    folder = fresh("producer")
+    engine = settings.make_engine(f"sqlite:///{folder / 'outbox.db'}")
+    lines.extend(producer_overhead(engine, folder, "SQLite", samples=2000))
+    engine.dispose()
+
+
+def verify_vs_seed(lines: list[str], events: int, all_non_ascii: bool) -> None:
+    """Export ``events`` records, then time the seed's snippet and flagtrail verify on it."""
+    folder = fresh("verify")
+    engine = settings.make_engine(f"sqlite:///{folder / 'outbox.db'}")
+    outbox = Outbox(engine, str(folder / "identities.toml"), clock=Clock(events))
+    fill_outbox(outbox, events, all_non_ascii=all_non_ascii)
+    timed_drain(outbox, f"sqlite:///{folder / 'log.db'}")
+    engine.dispose()
+    generate_keypair(folder, "rsa")
+    with open_log(f"sqlite:///{folder / 'log.db'}") as audit_log:
+        started = time.perf_counter()
+        _, manifest = export_window(
+            audit_log, date(2026, 1, 1), date(2026, 6, 30), folder, folder / "audit-private.pem"
+        )
+        export_s = time.perf_counter() - started
+    records = manifest["record_count"]
+    data = "every reason non-ASCII" if all_non_ascii else "realistic text"
+    if not all_non_ascii:
+        lines.append(
+            f"| export with RSA-3072 signing, {records:,} records | "
+            f"{records / export_s:,.0f} records/s ({export_s:.2f} s) | |"
+        )
+    seed_s = run_timed([sys.executable, str(SEED_VERIFY)], folder)
+    ours_s = run_timed(
+        [sys.executable, "-m", "flagtrail.cli", "verify", H1, "--pubkey", "audit-public.pem"],
+        folder,
+    )
+    lines.append(f"| verify {records:,} records ({data}): seed snippet | {seed_s:.2f} s | |")
+    lines.append(
+        f"| verify {records:,} records ({data}): `flagtrail verify` with signature "
+        f"and manifest | {ours_s:.2f} s: **{seed_s / ours_s:.2f}x the seed** | "
+        "goal >= 2.5x |"
+    )
+
+
+def run_timed(command: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0 or "Chain intact" not in result.stdout:
+        raise SystemExit(f"{command} failed: {result.stdout}{result.stderr}")
+    return seconds
+
+
+def producer_overhead(engine, folder: Path, label: str, samples: int) -> list[str]:
+    """A flag write transaction with and without Outbox.record, interleaved."""
+    outbox = Outbox(engine, str(folder / "identities.toml"))
+    flag_table.metadata.create_all(engine)
+    plain, audited = [], []
+    for n in range(samples):
+        for with_outbox, bucket in ((False, plain), (True, audited)):
+            started = time.perf_counter()
+            with engine.begin() as conn:
+                conn.execute(insert(flag_table), {"flag_key": f"f{n}", "state": "on"})
+                if with_outbox:
+                    outbox.record(conn, change(n))
+            bucket.append((time.perf_counter() - started) * 1000)
+    return [
+        f"| {label} flag write transaction alone, p50 / p99 | {percentile(plain, 50):.3f} / "
+        f"{percentile(plain, 99):.3f} ms | |",
+        f"| {label} same transaction + `Outbox.record`, p50 / p99 | "
+        f"{percentile(audited, 50):.3f} / {percentile(audited, 99):.3f} ms | "
+        f"outbox adds {statistics.median(audited) - statistics.median(plain):+.3f} ms (p50) |",
+    ]
+
+
+# -- scale: PostgreSQL + Kafka ---------------------------------------------------------------
+def local_services() -> tuple[str, str]:
+    out = subprocess.run(
+        ["bash", str(REPO / "deploy/local/up")], capture_output=True, text=True, check=True
+    ).stdout
+    values = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in out.splitlines()
+        if line.startswith("export ")
+    )
+    return values["FLAGTRAIL_OUTBOX_URL"].rsplit("/", 1)[0], values[
+        "FLAGTRAIL_LOG_URL"
+    ].removeprefix("kafka://").split("/")[0]
+
+
+def new_database(server: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{server}/{name}"
+
+
+def bench_scale(lines: list[str], drain_events: int, latency_seconds: int) -> None:
+    server, kafka = local_services()
+    folder = fresh("scale")
+    engine = settings.make_engine(new_database(server))
+    outbox = Outbox(engine, str(folder / "identities.toml"))
+    fill_outbox(outbox, drain_events)
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    count, seconds = timed_drain(outbox, f"kafka://{kafka}/{topic}")
+    lines.append(
+        f"| PostgreSQL → Kafka drain (acks=all, transactions), {count:,} backlog | "
+        f"{count / seconds:,.0f} events/s | goal ≥ 15,000 |"
+    )
+    engine.dispose()
+
+    lines.extend(commit_to_log_latency(server, kafka, folder, latency_seconds))
+
+    engine = settings.make_engine(new_database(server))
+    lines.extend(producer_overhead(engine, folder, "PostgreSQL", samples=2000))
+    lines.append(concurrent_writers(engine, folder, writers=8, seconds=10))
+    engine.dispose()
+
+
+def commit_to_log_latency(server: str, kafka: str, folder: Path, seconds: int) -> list[str]:
+    """Writers at 500 changes/s; a read_committed consumer timestamps each arrival."""
+    import orjson
+    from kafka import KafkaConsumer, TopicPartition
+
+    url = new_database(server)
+    engine = settings.make_engine(url)
+    outbox = Outbox(engine, str(folder / "identities.toml"))
+    topic = f"latency-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "FLAGTRAIL_OUTBOX_URL": url,
+        "FLAGTRAIL_LOG_URL": f"kafka://{kafka}/{topic}",
+    }
+    relay = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flagtrail.cli",
+            "--log-level",
+            "warning",
+            "relay",
+            "--batch-size",
+            "500",
+        ],
+        cwd=folder,
+        env=env,
+    )
+    commit_times: dict[str, float] = {}
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        consumer = KafkaConsumer(
+            bootstrap_servers=kafka, isolation_level="read_committed", enable_auto_commit=False
+        )
+        tp = TopicPartition(topic, 0)
+        while not stop.is_set():
+            try:
+                consumer.assign([tp])
+                consumer.seek_to_beginning(tp)
+                break
+            except Exception:
+                time.sleep(0.2)
+        while not stop.is_set():
+            for messages in consumer.poll(timeout_ms=100).values():
+                arrived = time.time()
+                for message in messages:
+                    committed = commit_times.get(orjson.loads(message.value)["event_id"])
+                    if committed is not None:
+                        latencies.append((arrived - committed) * 1000)
+        consumer.close()
+
+    reader = threading.Thread(target=consume)
+    time.sleep(2)  # relay and topic up
+    reader.start()
+    time.sleep(1)
+    rate, started, n = 500, time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        with engine.begin() as conn:
+            event_id = outbox.record(conn, change(n))
+        commit_times[event_id] = time.time()  # committed
+        n += 1
+        delay = started + n / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    time.sleep(3)
+    stop.set()
+    reader.join()
+    relay.terminate()
+    relay.wait(timeout=30)
+    engine.dispose()
+    if not latencies:
+        return ["| commit-to-log latency | no records observed | |"]
+    return [
+        f"| commit-to-log latency at {rate}/s for {seconds} s ({len(latencies):,} changes), "
+        f"p50 / p99 | {percentile(latencies, 50):.1f} / {percentile(latencies, 99):.1f} ms | "
+        "goal p99 < 250 ms |"
+    ]
+
+
+def concurrent_writers(engine, folder: Path, writers: int, seconds: float) -> str:
+    outbox = Outbox(engine, str(folder / "identities.toml"))
+    counts = [0] * writers
+    deadline = time.perf_counter() + seconds
+
+    def write(slot: int) -> None:
+        n = slot * 10_000_000
+        while time.perf_counter() < deadline:
+            with engine.begin() as conn:
+                conn.execute(insert(flag_table), {"flag_key": f"w{n}", "state": "on"})
+                outbox.record(conn, change(n))
+            counts[slot] += 1
+            n += 1
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = sum(counts)
+    return (
+        f"| PostgreSQL writer throughput, {writers} concurrent writers (flag write + outbox "
+        f"per transaction) | {total / seconds:,.0f} transactions/s | |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "parts", nargs="*", default=["embedded", "scale"], choices=["embedded", "scale"]
+    )
+    parser.add_argument("--drain-events", type=int, default=100_000)
+    parser.add_argument("--verify-events", type=int, default=300_000)
+    parser.add_argument("--latency-seconds", type=int, default=60)
+    args = parser.parse_args()
+    lines = ["| benchmark | result | note |", "|---|---|---|"]
+    if "embedded" in args.parts:
+        bench_embedded(lines, args.drain_events, args.verify_events)
+    if "scale" in args.parts:
+        bench_scale(lines, args.drain_events, args.latency_seconds)
+    header = (
+        f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — `{' '.join(sys.argv)}`\n\n"
+        f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}.\n\n"
+    )
+    text_block = header + "\n".join(lines) + "\n\n"
+    print(text_block)
+    previous = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    title, _, rest = previous.partition("\n\n")
+    RESULTS.write_text(f"{title}\n\n{text_block}{rest}")
+
+
+if __name__ == "__main__":
+    main()
