@@ -134,6 +134,8 @@ def _relay(args: argparse.Namespace):  # -> relay.relay.Relay
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
+    from relay.lease import lease_for
+
     relay = _relay(args)
     if args.once:
         relay.resume()
@@ -143,7 +145,13 @@ def cmd_relay(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    relay.run(stop, idle_wait=args.idle_wait)
+    lease = lease_for(relay.source.engine, relay.source.chain_id)
+    try:
+        relay.run(stop, idle_wait=args.idle_wait, lease=lease)
+    finally:
+        lease.release()
+        relay.log.close()
+        relay.source.close()
     return 0
 
 

@@ -65,7 +65,14 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.get_driver_name() != "psycopg":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        return create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=20,
+            # lets operators (and tests) see which process holds the relay lease
+            connect_args={"application_name": f"flagtrail-{os.getpid()}"},
+        )
     raise ConfigError(
         f"outbox database {parsed.get_backend_name()!r} is not supported: use sqlite or postgresql"
     )

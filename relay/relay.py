@@ -21,6 +21,7 @@ import structlog
 
 from producers.errors import FlagtrailError
 from relay.canonical import GENESIS, seal
+from relay.lease import Lease
 from relay.logs.base import AuditLog, ChainConflict, LogEntry
 from relay.outbox.base import OutboxPosition, OutboxRow, OutboxSource
 
@@ -150,13 +151,34 @@ class Relay:
         self,
         stop: threading.Event,
         idle_wait: float = 1.0,
-        retry: Callable[[Exception, int], float] | None = None,
+        lease: Lease | None = None,
+        on_role: Callable[[bool], None] | None = None,
+        lease_check_s: float = 2.0,
     ) -> None:
-        """The daemon loop: relay, wait for a wake-up, back off on outages, stop on ``stop``."""
-        failures = 0
-        resumed = False
+        """The daemon loop: lead (or wait as a standby), relay, wait for a wake-up, back
+        off on outages, and stop between batches once ``stop`` is set."""
+        failures, resumed, leading, last_check = 0, False, lease is None, 0.0
+        if on_role:
+            on_role(leading)
         while not stop.is_set():
             try:
+                if not leading:
+                    leading = lease.try_acquire()  # type: ignore[union-attr]
+                    if not leading:
+                        stop.wait(1.0)
+                        continue
+                    log.info("relay.active", reason="lease acquired")
+                    resumed, last_check = False, time.monotonic()
+                    if on_role:
+                        on_role(True)
+                elif lease and time.monotonic() - last_check > lease_check_s:
+                    last_check = time.monotonic()
+                    if not lease.still_held():
+                        log.warning("relay.standby", reason="lease lost")
+                        leading = False
+                        if on_role:
+                            on_role(False)
+                        continue
                 if not resumed:
                     self.resume()
                     resumed = True
@@ -169,7 +191,7 @@ class Relay:
             except Exception as exc:  # an outage of the outbox or the log
                 failures += 1
                 resumed = False
-                delay = retry(exc, failures) if retry else min(30.0, 0.2 * 2**failures)
+                delay = min(10.0, 0.2 * 2**failures)
                 log.warning(
                     "relay.waiting",
                     error=type(exc).__name__,

@@ -163,9 +163,11 @@ def pg_url(services: Services) -> Iterator[str]:
     admin = create_engine(f"{services.postgres_url}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
     url = f"{services.postgres_url}/{name}"
     yield url
-    with admin.connect() as conn:
+    admin = create_engine(f"{services.postgres_url}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:  # a fresh connection: the server may have restarted
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 

@@ -20,7 +20,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 as_pg_user() {
   if [ "$(id -u)" = 0 ]; then
-    runuser -u "$PG_USER_OS" -- "$@"
+    (cd / && runuser -u "$PG_USER_OS" -- "$@")
   else
     "$@"
   fi

@@ -158,6 +158,8 @@ class KafkaAuditLog(AuditLog):
                     batch_size=1 << 20,
                     max_request_size=8 << 20,
                     request_timeout_ms=self.request_timeout_ms,
+                    # fail (and let the relay log that it waits) instead of blocking long
+                    max_block_ms=10_000,
                 )
                 producer.init_transactions()  # fences every older relay of this chain
             except KafkaError as exc:
@@ -197,6 +199,9 @@ class KafkaAuditLog(AuditLog):
                     timestamp_ms=timestamp_ms(entry.timestamp_utc),
                     headers=_headers(entry),
                 )
+            # commit_transaction() waits without a limit; flushing first bounds the wait
+            # for the records, so a dead broker surfaces as an error the relay logs
+            producer.flush(timeout=self.request_timeout_ms / 1000)
             producer.commit_transaction()
             self._written_sequence = entries[-1].sequence if entries else after_sequence
         except Exception as exc:
