@@ -303,15 +303,24 @@ def commit_to_log_latency(server: str, kafka: str, folder: Path, seconds: int) -
     time.sleep(2)  # relay and topic up
     reader.start()
     time.sleep(1)
-    rate, started, n = 500, time.perf_counter(), 0
-    while time.perf_counter() - started < seconds:
-        with engine.begin() as conn:
-            event_id = outbox.record(conn, change(n))
-        commit_times[event_id] = time.time()  # committed
-        n += 1
-        delay = started + n / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+    rate, writers = 500, 4  # one writer alone cannot commit 500 transactions/s here
+
+    def write(slot: int) -> None:
+        started, n = time.perf_counter(), 0
+        while time.perf_counter() - started < seconds:
+            with engine.begin() as conn:
+                event_id = outbox.record(conn, change(slot * 1_000_000 + n))
+            commit_times[event_id] = time.time()  # committed
+            n += 1
+            delay = started + n / (rate / writers) - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     time.sleep(3)
     stop.set()
     reader.join()

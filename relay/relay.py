@@ -130,7 +130,7 @@ class Relay:
             log.warning("relay.chain_conflict", reason=str(exc))
             self.resume()
             return None
-        self.source.mark_through(rows[-1].position, now_us())
+        self.source.mark_through(rows[-1].position, now_us(), after=self.head.position)
         last = entries[-1]
         self.head = ChainHead(last.sequence, last.record_hash, last.timestamp_utc, last.position)
         result = BatchResult(

@@ -112,6 +112,9 @@ class OutboxContract:
             r.position for r in rows[3:]
         ]
         assert source.fetch_pending(rows[3].position, 100)[0].position == rows[4].position
+        # the lower bound only narrows the scan: row 3 stays pending
+        assert source.mark_through(rows[4].position, 2, after=rows[3].position) == 1
+        assert [r.position for r in source.fetch_pending(None, 100)] == [rows[3].position]
 
     def test_other_chains_rows_are_not_read(self, outbox: Outbox, workdir: Path) -> None:
         other = Outbox(outbox.engine, str(workdir / "identities.toml"), chain_id="other")

@@ -43,8 +43,11 @@ class OutboxSource(ABC):
         """Committed, unrelayed rows after ``after``, in commit order; never skips a late commit."""
 
     @abstractmethod
-    def mark_through(self, position: OutboxPosition, relayed_at_us: int) -> int:
-        """Mark every row up to ``position`` relayed; returns how many were marked."""
+    def mark_through(
+        self, position: OutboxPosition, relayed_at_us: int, after: OutboxPosition | None = None
+    ) -> int:
+        """Mark rows after ``after`` (a bound that keeps the scan short) up to ``position``
+        relayed; returns how many were marked."""
 
     @abstractmethod
     def backlog(self) -> Backlog:

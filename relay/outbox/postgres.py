@@ -21,15 +21,17 @@ from producers.schema import NOTIFY_CHANNEL
 from relay.outbox.base import Backlog, OutboxPosition, OutboxRow, OutboxSource
 
 _FETCH = text(
-    "SELECT tx_id::text::bigint, id, recorded_at_us, payload FROM flagtrail_outbox "
+    "SELECT tx_id::text::bigint AS tx, id, recorded_at_us, payload FROM flagtrail_outbox "
     "WHERE chain_id = :chain AND relayed_at_us IS NULL "
     "AND (tx_id, id) > (CAST(CAST(:after_tx AS text) AS xid8), :after_id) "
     "AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) "
-    "ORDER BY tx_id, id LIMIT :limit"
+    # qualified names: the index order, not the bigint output column
+    "ORDER BY flagtrail_outbox.tx_id, flagtrail_outbox.id LIMIT :limit"
 )
 _MARK = text(
     "UPDATE flagtrail_outbox SET relayed_at_us = :now "
     "WHERE chain_id = :chain AND relayed_at_us IS NULL "
+    "AND (tx_id, id) > (CAST(CAST(:after_tx AS text) AS xid8), :after_id) "
     "AND (tx_id, id) <= (CAST(CAST(:tx AS text) AS xid8), :id)"
 )
 _BACKLOG = text(
@@ -58,11 +60,16 @@ class PostgresOutboxSource(OutboxSource):
             ).all()
         return [OutboxRow(OutboxPosition(r[0], r[1]), r[2], r[3]) for r in rows]
 
-    def mark_through(self, position: OutboxPosition, relayed_at_us: int) -> int:
+    def mark_through(
+        self, position: OutboxPosition, relayed_at_us: int, after: OutboxPosition | None = None
+    ) -> int:
+        after = after or OutboxPosition(0, 0)
         with self.engine.begin() as conn:
             result = conn.execute(
                 _MARK,
                 {
+                    "after_tx": after.tx,
+                    "after_id": after.id,
                     "now": relayed_at_us,
                     "chain": self.chain_id,
                     "tx": position.tx,

@@ -13,7 +13,7 @@ _FETCH = text(
 )
 _MARK = text(
     "UPDATE flagtrail_outbox SET relayed_at_us = :now "
-    "WHERE chain_id = :chain AND relayed_at_us IS NULL AND id <= :through"
+    "WHERE chain_id = :chain AND relayed_at_us IS NULL AND id > :after AND id <= :through"
 )
 _BACKLOG = text(
     "SELECT count(*), min(recorded_at_us) FROM flagtrail_outbox "
@@ -33,10 +33,18 @@ class SQLiteOutboxSource(OutboxSource):
             ).all()
         return [OutboxRow(OutboxPosition(0, r[0]), r[1], r[2]) for r in rows]
 
-    def mark_through(self, position: OutboxPosition, relayed_at_us: int) -> int:
+    def mark_through(
+        self, position: OutboxPosition, relayed_at_us: int, after: OutboxPosition | None = None
+    ) -> int:
         with self.engine.begin() as conn:
             result = conn.execute(
-                _MARK, {"now": relayed_at_us, "chain": self.chain_id, "through": position.id}
+                _MARK,
+                {
+                    "now": relayed_at_us,
+                    "chain": self.chain_id,
+                    "after": after.id if after else 0,
+                    "through": position.id,
+                },
             )
         return result.rowcount
 
