@@ -114,7 +114,8 @@ def fast_parts(
     ):
         return None
     payload = b"{" + line[80:-75] + b"}"
-    if not payload.isascii():
+    # json escapes DEL (\\u007f); orjson writes it raw (a one-byte memchr scan)
+    if not payload.isascii() or b"\x7f" in payload:
         return None
     if (b"0e-" in payload.translate(_zero) or b"0.0000" in payload) and _FLOAT_NOT_LIKE_JSON.search(
         payload
