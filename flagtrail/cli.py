@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -146,9 +147,23 @@ def cmd_relay(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     lease = lease_for(relay.source.engine, relay.source.chain_id)
+    server = None
+    port = args.metrics_port or os.environ.get("FLAGTRAIL_METRICS_PORT")
+    if port:
+        from relay.metrics import RelayMetrics, serve
+
+        relay.observer = RelayMetrics(relay.source.chain_id)
+        try:
+            server = serve(relay.observer, int(port), args.metrics_host)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {args.metrics_host}:{port}: {exc}"
+            ) from None
     try:
         relay.run(stop, idle_wait=args.idle_wait, lease=lease)
     finally:
+        if server is not None:
+            server.shutdown()
         lease.release()
         relay.log.close()
         relay.source.close()
@@ -301,6 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--once", action="store_true", help="drain what is committed and exit")
     p.add_argument("--batch-size", type=_positive, default=2000, help="rows per log append")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics, /healthz and /ready on this port [env FLAGTRAIL_METRICS_PORT]",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address for the metrics port (0.0.0.0 in a container; default 127.0.0.1)",
+    )
     p.add_argument(
         "--idle-wait",
         type=float,

@@ -48,6 +48,19 @@ outbox = Table(
     sqlite_autoincrement=True,
 )
 
+# The relay's checkpoint, written in the same transaction that marks rows relayed:
+# the head it last committed. If the log is ever lost, the sentinel_rotation that
+# starts the next epoch names this head.
+relay_state = Table(
+    "flagtrail_relay_state",
+    metadata,
+    Column("chain_id", String(200), primary_key=True),
+    Column("sequence", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("position", String(64), nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
 _POSTGRES_DDL = [
     # commit-order stamp: every row of a transaction gets the same xid8
     f"ALTER TABLE {OUTBOX_TABLE} ADD COLUMN IF NOT EXISTS tx_id xid8 NOT NULL "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from producers.errors import ConfigError
-from relay.outbox.base import Backlog, OutboxPosition, OutboxRow, OutboxSource
+from relay.outbox.base import Backlog, Checkpoint, OutboxPosition, OutboxRow, OutboxSource
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -26,4 +26,11 @@ def open_outbox_source(engine: Engine, chain_id: str) -> OutboxSource:
     raise ConfigError(f"no outbox reader for {engine.dialect.name}")
 
 
-__all__ = ["Backlog", "OutboxPosition", "OutboxRow", "OutboxSource", "open_outbox_source"]
+__all__ = [
+    "Backlog",
+    "Checkpoint",
+    "OutboxPosition",
+    "OutboxRow",
+    "OutboxSource",
+    "open_outbox_source",
+]

@@ -14,74 +14,44 @@ metric shows.
 from __future__ import annotations
 
 import select
+import time
+from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, text
 
 from producers.schema import NOTIFY_CHANNEL
-from relay.outbox.base import Backlog, OutboxPosition, OutboxRow, OutboxSource
+from relay.outbox.base import OutboxPosition, SQLOutboxSource
 
-_FETCH = text(
-    "SELECT tx_id::text::bigint AS tx, id, recorded_at_us, payload FROM flagtrail_outbox "
-    "WHERE chain_id = :chain AND relayed_at_us IS NULL "
-    "AND (tx_id, id) > (CAST(CAST(:after_tx AS text) AS xid8), :after_id) "
-    "AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) "
-    # qualified names: the index order, not the bigint output column
-    "ORDER BY flagtrail_outbox.tx_id, flagtrail_outbox.id LIMIT :limit"
-)
-_MARK = text(
-    "UPDATE flagtrail_outbox SET relayed_at_us = :now "
-    "WHERE chain_id = :chain AND relayed_at_us IS NULL "
-    "AND (tx_id, id) > (CAST(CAST(:after_tx AS text) AS xid8), :after_id) "
-    "AND (tx_id, id) <= (CAST(CAST(:tx AS text) AS xid8), :id)"
-)
-_BACKLOG = text(
-    "SELECT count(*), min(recorded_at_us) FROM flagtrail_outbox "
-    "WHERE chain_id = :chain AND relayed_at_us IS NULL"
-)
+_POSITION = "(CAST(CAST(:{0}_tx AS text) AS xid8), :{0}_id)"
 
 
-class PostgresOutboxSource(OutboxSource):
+class PostgresOutboxSource(SQLOutboxSource):
+    fetch_query = text(
+        "SELECT tx_id::text::bigint AS tx, id, recorded_at_us, payload FROM flagtrail_outbox "
+        "WHERE chain_id = :chain AND relayed_at_us IS NULL "
+        f"AND (tx_id, id) > {_POSITION.format('after')} "
+        "AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) "
+        # qualified names: the index order, not the bigint output column
+        "ORDER BY flagtrail_outbox.tx_id, flagtrail_outbox.id LIMIT :limit"
+    )
+    mark_query = text(
+        "UPDATE flagtrail_outbox SET relayed_at_us = :now "
+        "WHERE chain_id = :chain AND relayed_at_us IS NULL "
+        f"AND (tx_id, id) > {_POSITION.format('after')} "
+        f"AND (tx_id, id) <= {_POSITION.format('through')}"
+    )
+
     def __init__(self, engine: Engine, chain_id: str) -> None:
-        self.engine = engine
-        self.chain_id = chain_id
-        self._listener = None
+        super().__init__(engine, chain_id)
+        self._listener: psycopg.Connection | None = None
 
-    def fetch_pending(self, after: OutboxPosition | None, limit: int) -> list[OutboxRow]:
-        after = after or OutboxPosition(0, 0)
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                _FETCH,
-                {
-                    "chain": self.chain_id,
-                    "after_tx": after.tx,
-                    "after_id": after.id,
-                    "limit": limit,
-                },
-            ).all()
-        return [OutboxRow(OutboxPosition(r[0], r[1]), r[2], r[3]) for r in rows]
+    def position_params(self, prefix: str, position: OutboxPosition | None) -> dict[str, Any]:
+        position = position or OutboxPosition(0, 0)
+        return {f"{prefix}_tx": position.tx, f"{prefix}_id": position.id}
 
-    def mark_through(
-        self, position: OutboxPosition, relayed_at_us: int, after: OutboxPosition | None = None
-    ) -> int:
-        after = after or OutboxPosition(0, 0)
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                _MARK,
-                {
-                    "after_tx": after.tx,
-                    "after_id": after.id,
-                    "now": relayed_at_us,
-                    "chain": self.chain_id,
-                    "tx": position.tx,
-                    "id": position.id,
-                },
-            )
-        return result.rowcount
-
-    def backlog(self) -> Backlog:
-        with self.engine.connect() as conn:
-            count, oldest = conn.execute(_BACKLOG, {"chain": self.chain_id}).one()
-        return Backlog(int(count), oldest)
+    def row_position(self, row: Any) -> OutboxPosition:
+        return OutboxPosition(row.tx, row.id)
 
     def wait_for_rows(self, timeout: float) -> None:
         """LISTEN/NOTIFY wake-up on commit; the timeout is the polling fallback."""
@@ -93,12 +63,10 @@ class PostgresOutboxSource(OutboxSource):
                     pass
         except Exception:
             self._drop_listener()
-            super().wait_for_rows(min(timeout, 0.5))
+            time.sleep(min(timeout, 0.5))
 
-    def _listen(self):  # -> psycopg.Connection
+    def _listen(self) -> psycopg.Connection:
         if self._listener is None or self._listener.closed:
-            import psycopg
-
             url = self.engine.url.set(drivername="postgresql")
             conninfo = url.render_as_string(hide_password=False)
             self._listener = psycopg.connect(conninfo, autocommit=True)
@@ -114,4 +82,4 @@ class PostgresOutboxSource(OutboxSource):
 
     def close(self) -> None:
         self._drop_listener()
-        self.engine.dispose()
+        super().close()

@@ -1,0 +1,202 @@
+"""Prometheus metrics and health endpoints for a long-running relay.
+
+Label sets are bounded: actions and environments outside the known sets are
+counted as ``other``, so a typo in a control plane cannot explode cardinality.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from producers.events import FLAG_ACTIONS, META_ACTIONS, parse_timestamp
+from relay.outbox.base import Backlog
+from relay.relay import BatchResult, ChainHead, RelayObserver
+
+ACTIONS = FLAG_ACTIONS | META_ACTIONS
+ENVIRONMENTS = frozenset({"production", "staging", "development", "test", "sandbox"})
+RULES = frozenset(
+    {
+        "required-fields",
+        "distinct-approver",
+        "unknown-actor",
+        "role-not-held",
+        "role-not-allowed",
+        "unverified-approver",
+    }
+)
+LIVENESS_WINDOW_S = 60.0
+
+
+def _bounded(value: object, allowed: frozenset[str]) -> str:
+    return value if isinstance(value, str) and value in allowed else "other"
+
+
+class RelayMetrics(RelayObserver):
+    def __init__(self, chain_id: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        labels = {"registry": self.registry}
+        self.chain_id = chain_id
+        self.pending = Gauge(
+            "flagtrail_outbox_pending_rows", "Outbox rows committed but not yet relayed", **labels
+        )
+        self.lag = Gauge(
+            "flagtrail_outbox_lag_seconds",
+            "Age of the oldest pending outbox row (0 when none)",
+            **labels,
+        )
+        self.relayed = Counter(
+            "flagtrail_events_relayed_total",
+            "Events appended to the log",
+            ["action", "environment"],
+            **labels,
+        )
+        self.batch_size = Histogram(
+            "flagtrail_relay_batch_size",
+            "Events per log append",
+            buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000),
+            **labels,
+        )
+        self.batch_seconds = Histogram(
+            "flagtrail_relay_batch_duration_seconds",
+            "Read, seal, append and mark one batch",
+            **labels,
+        )
+        self.commit_to_log = Histogram(
+            "flagtrail_commit_to_log_seconds",
+            "From the producer recording an event to the log committing it",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            **labels,
+        )
+        self.head_sequence = Gauge(
+            "flagtrail_chain_head_sequence", "Sequence of the chain head", **labels
+        )
+        self.last_event = Gauge(
+            "flagtrail_last_relayed_event_timestamp_seconds",
+            "timestamp_utc of the last relayed event (Unix time)",
+            **labels,
+        )
+        self.rotations = Counter(
+            "flagtrail_sentinel_rotations_total", "sentinel_rotation meta-events appended", **labels
+        )
+        self.gaps = Counter(
+            "flagtrail_gaps_documented_total", "gap_documented meta-events appended", **labels
+        )
+        self.rejections = Counter(
+            "flagtrail_rejections_total",
+            "Blocked writes relayed, by policy rule",
+            ["rule"],
+            **labels,
+        )
+        self.errors = Counter(
+            "flagtrail_relay_errors_total", "Relay errors by kind", ["kind"], **labels
+        )
+        self.chain_failures = Counter(
+            "flagtrail_chain_verification_failures_total",
+            "Log tails that failed their hash check",
+            **labels,
+        )
+        self.active = Gauge(
+            "flagtrail_relay_active", "1 while this instance writes the chain", **labels
+        )
+        self.info = Gauge(
+            "flagtrail_relay_info", "Which chain this relay serves", ["chain"], **labels
+        )
+        self.info.labels(chain_id).set(1)
+        self._beat = time.monotonic()
+        self._ok = False
+
+    # -- RelayObserver -------------------------------------------------------------------
+    def batch(self, result: BatchResult) -> None:
+        self.batch_size.observe(result.count)
+        self.batch_seconds.observe(result.seconds)
+        for record in result.records:
+            action = record.get("action")
+            self.relayed.labels(
+                _bounded(action, ACTIONS), _bounded(record.get("environment"), ENVIRONMENTS)
+            ).inc()
+            recorded = parse_timestamp(record["recorded_at"]).timestamp()
+            self.commit_to_log.observe(max(0.0, result.appended_at - recorded))
+            if action == "rejected":
+                rule = (record.get("meta") or {}).get("rule")
+                self.rejections.labels(_bounded(rule, RULES)).inc()
+            elif action == "sentinel_rotation":
+                self.rotations.inc()
+            elif action == "gap_documented":
+                self.gaps.inc()
+        self.head_sequence.set(result.last_sequence)
+        self.last_event.set(parse_timestamp(result.entries[-1].timestamp_utc).timestamp())
+
+    def backlog(self, backlog: Backlog) -> None:
+        self.pending.set(backlog.pending)
+        oldest = backlog.oldest_recorded_at_us
+        self.lag.set(max(0.0, time.time() - oldest / 1e6) if oldest else 0.0)
+
+    def error(self, kind: str) -> None:
+        self.errors.labels(kind).inc()
+
+    def role(self, active: bool) -> None:
+        self.active.set(1 if active else 0)
+
+    def resumed(self, head: ChainHead) -> None:
+        self.head_sequence.set(head.sequence)
+
+    def rotated(self) -> None:
+        self.rotations.inc()
+
+    def chain_check_failed(self) -> None:
+        self.chain_failures.inc()
+
+    def heartbeat(self, ok: bool) -> None:
+        self._beat, self._ok = time.monotonic(), ok
+
+    # -- health --------------------------------------------------------------------------
+    def alive(self) -> bool:
+        """The loop went round recently (it waits at most a minute between rounds)."""
+        return time.monotonic() - self._beat < LIVENESS_WINDOW_S
+
+    def ready(self) -> bool:
+        """The last round reached the outbox and the log (active or standby)."""
+        return self.alive() and self._ok
+
+
+def serve(metrics: RelayMetrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """/metrics, /healthz (liveness) and /ready (readiness) on a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/metrics"):
+                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            elif self.path.startswith("/healthz"):
+                ok = metrics.alive()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n")
+            elif self.path.startswith("/ready"):
+                ok = metrics.ready()
+                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            else:
+                self._send(404, b"try /metrics, /healthz or /ready\n")
+
+        def _send(self, status: int, body: bytes, ctype: str = "text/plain") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:  # scrapes are not worth a log line
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
