@@ -220,7 +220,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from relay.summary import count_controls, format_summary
 
     controls = parse_controls(args.controls) if args.controls else None
-    print(format_summary(count_controls(Path(args.file)), controls), end="")
+    counts, rotations = count_controls(Path(args.file))
+    print(format_summary(counts, controls, rotations), end="")
     return 0
 
 
@@ -230,6 +231,110 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     private, public = generate_keypair(Path(args.out), args.type, args.force)
     print(f"private key: {private} (mode 0600; keep it secret, point AUDIT_SIGNING_KEY_PATH at it)")
     print(f"public key : {public} (register it in your security controls documentation)")
+    return 0
+
+
+def _timestamp(text: str):  # -> datetime
+    """RFC 3339 (2026-03-01T10:00:00Z) or a date (its midnight, UTC)."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time like 2026-03-01T10:00:00Z or a date like 2026-03-01"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    from producers.meta import request_rotation
+
+    outbox = _outbox(args)
+    with outbox.engine.begin() as conn:
+        event_id = request_rotation(outbox, conn, args.actor, args.reason)
+    print(
+        f"rotation requested (event {event_id}); the relay starts the new epoch when it "
+        "chains it, naming the previous head"
+    )
+    return 0
+
+
+def cmd_gap_document(args: argparse.Namespace) -> int:
+    from flagtrail import settings
+    from producers.meta import document_gap, gap_statement, statement_digest
+    from relay.signing import fingerprint, load_private_key, sign_digest
+
+    statement = gap_statement(args.start, args.end, args.reason, args.author)
+    key = load_private_key(Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key)))
+    signature = sign_digest(statement_digest(statement), key)
+    outbox = _outbox(args)
+    with outbox.engine.begin() as conn:
+        event_id = document_gap(outbox, conn, statement, signature, fingerprint(key.public_key()))
+    print(
+        f"gap {statement['from']} → {statement['to']} documented (event {event_id}, signed); "
+        "it is chained with the next relay batch"
+    )
+    return 0
+
+
+def cmd_gap_scan(args: argparse.Namespace) -> int:
+    import orjson
+
+    from flagtrail import settings
+    from relay.export import window_bounds
+    from relay.gaps import GapFinder
+    from relay.logs import open_log
+
+    since, until = window_bounds(args.start, args.end)
+    finder = GapFinder(
+        args.lag_threshold, args.silence_threshold * 3600 if args.silence_threshold else None
+    )
+    with open_log(settings.log_url(args.log_url)) as audit_log:
+        for entry in audit_log.read(since, until):
+            finder.add(orjson.loads(entry.line))
+        for entry in audit_log.read(until, None):  # statements written after the window
+            if '"action":"gap_documented"' in entry.line:
+                finder.note_statement(orjson.loads(entry.line))
+    gaps = finder.result()
+    if not gaps:
+        print(f"no suspicious gaps between {since} and {until}")
+    for gap in gaps:
+        state = f"documented by {gap.documented_by}" if gap.documented_by else "UNDOCUMENTED"
+        print(
+            f"{gap.kind:14} {gap.start} → {gap.end}  seq {gap.sequence}  {state}\n"
+            f"{'':14} {gap.detail}"
+        )
+    undocumented = [g for g in gaps if not g.documented_by]
+    if undocumented:
+        print(
+            f"{len(undocumented)} undocumented: document each with `flagtrail gap document "
+            "--from T --to T --reason … --author …`"
+        )
+    return 1 if undocumented and args.fail_on_undocumented else 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from flagtrail import settings
+    from relay.drift import check_drift
+    from relay.logs import open_log
+
+    as_of = args.as_of or datetime.now(UTC).date()
+    with open_log(settings.log_url(args.log_url)) as audit_log:
+        report = check_drift(audit_log, as_of, args.weeks, args.threshold)
+    start, end = report.week
+    print(
+        f"events {start} → {end}: {report.count}; trailing {args.weeks} weeks: "
+        f"{report.trailing} (mean {report.baseline:.1f})"
+    )
+    if report.dropped:
+        print(
+            f"DRIFT: the count fell below {args.threshold:.0%} of the trailing mean; the "
+            "audit pipeline may be broken (check the relay, the outbox and producers)"
+        )
+        return 1
     return 0
 
 
@@ -376,6 +481,89 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the .jsonl export")
     p.add_argument("--controls", help="only these controls, e.g. CC6.1,CC8.1")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser(
+        "rotate",
+        help="start a new chain epoch (sentinel_rotation)",
+        description="Writes a sentinel_rotation meta-event through the outbox; "
+        "the relay restarts the chain from GENESIS at it and records the "
+        "previous head (sequence and hash) and who rotated it.",
+    )
+    p.add_argument("--reason", required=True, help="why the chain restarts")
+    p.add_argument("--actor", required=True, help="identity rotating it (must be known)")
+    p.add_argument("--identities", help="identity directory TOML [env FLAGTRAIL_IDENTITIES]")
+    _add_backends(p, log=False)
+    p.set_defaults(func=cmd_rotate)
+
+    gap = sub.add_parser("gap", help="find and document gaps in the evidence")
+    gap_sub = gap.add_subparsers(dest="gap_command", required=True, metavar="ACTION")
+    p = gap_sub.add_parser(
+        "scan",
+        help="list suspicious gaps in a window and which are documented",
+        description="Relay outages (events that reached the "
+        "log late), silences, sequence jumps and rotations.",
+    )
+    p.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
+    p.add_argument("--end", type=_date, required=True, help="last day, YYYY-MM-DD (included)")
+    p.add_argument(
+        "--lag-threshold",
+        type=float,
+        default=300.0,
+        help="seconds from recorded to relayed that count as an outage (300)",
+    )
+    p.add_argument(
+        "--silence-threshold",
+        type=float,
+        help="hours without any event that count as a gap (off by default)",
+    )
+    p.add_argument(
+        "--fail-on-undocumented",
+        action="store_true",
+        help="exit 1 when a gap is undocumented (for CI and alerting)",
+    )
+    _add_backends(p, outbox=False)
+    p.set_defaults(func=cmd_gap_scan)
+    p = gap_sub.add_parser(
+        "document",
+        help="write a signed gap_documented meta-event",
+        description="An operator's signed statement that events in a time "
+        "range are late or lost, chained through the outbox.",
+    )
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=_timestamp,
+        required=True,
+        help="gap start, RFC 3339 (2026-03-01T10:00:00Z) or a date",
+    )
+    p.add_argument("--to", dest="end", type=_timestamp, required=True, help="gap end")
+    p.add_argument("--reason", required=True, help="what happened")
+    p.add_argument("--author", required=True, help="identity making the statement")
+    p.add_argument(
+        "--signing-key",
+        help="private key PEM that signs the statement "
+        "[env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
+    )
+    p.add_argument("--identities", help="identity directory TOML [env FLAGTRAIL_IDENTITIES]")
+    _add_backends(p, log=False)
+    p.set_defaults(func=cmd_gap_document)
+
+    p = sub.add_parser(
+        "drift",
+        help="fail when weekly event counts drop sharply",
+        description="Compares the 7 days ending --as-of with the trailing "
+        "weeks; exit 1 when the count falls below --threshold of their mean.",
+    )
+    p.add_argument("--as-of", type=_date, help="last day of the week checked (default today)")
+    p.add_argument("--weeks", type=_positive, default=4, help="trailing weeks (default 4)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="fraction of the trailing mean below which it fails (default 0.5)",
+    )
+    _add_backends(p, outbox=False)
+    p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("keygen", help="create a signing key pair")
     p.add_argument("--out", default=".", help="folder for audit-private.pem and audit-public.pem")

@@ -18,6 +18,7 @@ from flagtrail import __version__
 from producers.controls import CONTROL_ORDER
 from producers.errors import ConfigError, FlagtrailError
 from relay.canonical import GENESIS, chain_hash, split_framed
+from relay.gaps import GapFinder
 from relay.logs.base import AuditLog
 from relay.signing import (
     PUBLIC_KEY_FILE,
@@ -79,6 +80,7 @@ class _WindowScan:
     last_timestamp: str | None = None
     controls: Counter[str] = field(default_factory=Counter)
     meta_events: list[dict[str, Any]] = field(default_factory=list)
+    gaps: GapFinder = field(default_factory=GapFinder)
 
 
 def window_bounds(start: date, end: date) -> tuple[str, str]:
@@ -109,6 +111,7 @@ def _check_and_note(scan: _WindowScan, line: bytes, prev: str | None) -> str:
             f"log record {scan.count + 1} of the window does not link to the one before it"
         )
     scan.count += 1
+    scan.gaps.add(record)
     if scan.anchor is None:
         scan.anchor, scan.anchor_sequence = prev_hash, record["sequence"] - 1
         scan.first_timestamp = record["timestamp_utc"]
@@ -163,7 +166,11 @@ def export_window(
     public_key = key.public_key()
     paths.public_key.write_bytes(public_pem(public_key))
     reported = controls or [c for c in CONTROL_ORDER if scan.controls.get(c)]
-    summary = format_summary(scan.controls, reported)
+    for entry in audit_log.read(until, None):  # gaps documented after the window ended
+        if '"action":"gap_documented"' in entry.line:
+            scan.gaps.note_statement(orjson.loads(entry.line))
+    rotations = [m for m in scan.meta_events if m["action"] == "sentinel_rotation"]
+    summary = format_summary(scan.controls, reported, [r["record"] for r in rotations])
     paths.summary.write_text(summary)
     manifest = _manifest(
         paths, scan, start, end, since, until, digest.hex(), fingerprint(public_key), reported
@@ -209,7 +216,9 @@ def _manifest(
         "first_timestamp_utc": scan.first_timestamp,
         "last_timestamp_utc": scan.last_timestamp,
         "rotations": [m for m in scan.meta_events if m["action"] == "sentinel_rotation"],
-        "documented_gaps": [m for m in scan.meta_events if m["action"] == "gap_documented"],
+        "gap_statements": [m for m in scan.meta_events if m["action"] == "gap_documented"],
+        "documented_gaps": [g.as_dict() for g in scan.gaps.result() if g.documented_by],
+        "undocumented_gaps": [g.as_dict() for g in scan.gaps.result() if not g.documented_by],
         "controls_reported": reported,
         "control_counts": {c: scan.controls.get(c, 0) for c in reported},
         "public_key": paths.public_key.name,

@@ -95,20 +95,19 @@ def check_chunk(path: str, start: int, end: int) -> ChunkResult:
             prev, digest = prev_text.encode(), digest_text.encode()
         else:
             prev, payload, digest = parts
-        if prev != expected:
-            if number == 1:
-                result.first_prev = prev.decode()
-                result.first_is_rotation = prev == genesis and _is_rotation(payload)
-            elif prev == genesis and _is_rotation(payload):
-                result.rotations.append(number)
-            else:
-                result.finding = Finding(
-                    number,
-                    "prev_hash does not match the previous "
-                    "record's hash (a record was deleted, inserted, "
-                    "duplicated or reordered before this one)",
-                )
-                return result
+        rotation = prev == genesis and _is_rotation(payload)
+        if number == 1:
+            result.first_prev, result.first_is_rotation = prev.decode(), rotation
+        elif rotation:
+            result.rotations.append(number)
+        elif prev != expected:
+            result.finding = Finding(
+                number,
+                "prev_hash does not match the previous "
+                "record's hash (a record was deleted, inserted, "
+                "duplicated or reordered before this one)",
+            )
+            return result
         if sha256(prev + b":" + payload).hexdigest().encode() != digest:
             result.finding = Finding(
                 number, "hash does not match the record's content (the record was edited)"
@@ -171,22 +170,21 @@ def _check_chain(
 def _stitch(report: VerifyReport, chunks: list[ChunkResult]) -> None:
     expected, offset = report.anchor, 0
     for chunk in chunks:
-        if chunk.lines and chunk.first_prev is not None and chunk.first_prev != expected:
-            if chunk.first_is_rotation:
-                report.rotations.append(offset + 1)
-            else:
-                where = (
-                    ("the anchor " + report.anchor_source)
-                    if offset == 0
-                    else "the previous record's hash"
-                )
-                report.finding = Finding(
-                    offset + 1,
-                    f"prev_hash does not match {where} "
-                    "(deleted, inserted or reordered record, or a "
-                    "window that needs --anchor)",
-                )
-                return
+        if chunk.first_is_rotation:
+            report.rotations.append(offset + 1)
+        elif chunk.lines and chunk.first_prev is not None and chunk.first_prev != expected:
+            where = (
+                ("the anchor " + report.anchor_source)
+                if offset == 0
+                else "the previous record's hash"
+            )
+            report.finding = Finding(
+                offset + 1,
+                f"prev_hash does not match {where} "
+                "(deleted, inserted or reordered record, or a "
+                "window that needs --anchor)",
+            )
+            return
         if chunk.finding:
             report.finding = Finding(offset + chunk.finding.record, chunk.finding.reason)
             return
