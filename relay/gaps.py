@@ -55,6 +55,8 @@ class GapFinder:
                     stamp,
                     f"chain restarted from GENESIS: {meta.get('reason', '')}",
                     sequence,
+                    # a rotation documents itself: it says why and names the old head
+                    documented_by=record.get("event_id"),
                 )
             )
         if previous is not None:
@@ -111,6 +113,8 @@ class GapFinder:
 
     def result(self) -> list[Gap]:
         for gap in self.gaps:
+            if gap.documented_by:
+                continue
             for statement in self.statements:
                 if statement["from"] <= gap.start and gap.end <= statement["to"]:
                     gap.documented_by = statement["event_id"]

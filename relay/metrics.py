@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from producers.events import FLAG_ACTIONS, META_ACTIONS, parse_timestamp
+from relay.gaps import GapFinder
 from relay.outbox.base import Backlog
 from relay.relay import BatchResult, ChainHead, RelayObserver
 
@@ -107,6 +108,13 @@ class RelayMetrics(RelayObserver):
             "Log tails that failed their hash check",
             **labels,
         )
+        self.undocumented = Gauge(
+            "flagtrail_undocumented_gaps",
+            "Relay outages and sequence jumps seen by this relay that no gap_documented "
+            "statement covers yet",
+            **labels,
+        )
+        self._gaps = GapFinder()
         self.active = Gauge(
             "flagtrail_relay_active", "1 while this instance writes the chain", **labels
         )
@@ -135,6 +143,9 @@ class RelayMetrics(RelayObserver):
                 self.rotations.inc()
             elif action == "gap_documented":
                 self.gaps.inc()
+        for record in result.records:
+            self._gaps.add(record)
+        self.undocumented.set(sum(1 for g in self._gaps.result() if not g.documented_by))
         self.head_sequence.set(result.last_sequence)
         self.last_event.set(parse_timestamp(result.entries[-1].timestamp_utc).timestamp())
 
