@@ -11,19 +11,24 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from relay.canonical import GENESIS, chain_hash, line_parts
 
 RELAY = [sys.executable, "-m", "flagtrail.cli", "--log-format", "json", "relay"]
 
 
-def start_relay(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_relay(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, stderr: Any = subprocess.DEVNULL
+) -> subprocess.Popen:
+    """The relay daemon as a real process (JSON logs on ``stderr``)."""
     return subprocess.Popen(
         [*RELAY, *args],
         cwd=cwd,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
     )
 
 

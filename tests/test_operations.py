@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -20,8 +18,9 @@ from producers import Outbox
 from relay.export import export_window
 from relay.logs import open_log
 from relay.verify import verify_export
-from tests.conftest import SteppingClock, run_cli
+from tests.conftest import SteppingClock, free_port, run_cli, wait_for
 from tests.contracts import good_change
+from tests.crash import start_relay
 
 
 def record_changes(workdir: Path, count: int, clock=None, start: int = 0) -> None:
@@ -243,14 +242,6 @@ def test_drift_fails_when_weekly_counts_drop(workdir: Path) -> None:
     assert dropped.returncode == 1 and "DRIFT" in dropped.stdout
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
@@ -267,37 +258,20 @@ def metric(text: str, name: str) -> float | None:
 
 
 def start_daemon(workdir: Path, port: int, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flagtrail.cli",
-            "--log-format",
-            "json",
-            "relay",
-            "--metrics-port",
-            str(port),
-            "--idle-wait",
-            "0.2",
-            *extra,
-        ],
-        cwd=workdir,
+    return start_relay(
+        workdir,
+        "--metrics-port",
+        str(port),
+        "--idle-wait",
+        "0.2",
+        *extra,
+        env={"AUDIT_TOKEN": "tok-s3cr3t-value"},
         stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "AUDIT_TOKEN": "tok-s3cr3t-value"},
     )
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_metrics_health_logs_and_sigterm(workdir: Path) -> None:
     from flagtrail import settings
-    from producers import FlagChange
 
     record_changes(workdir, 5)
     engine = settings.make_engine("sqlite:///outbox.db")
@@ -305,13 +279,13 @@ def test_metrics_health_logs_and_sigterm(workdir: Path) -> None:
     with engine.begin() as conn:  # an environment outside the known set: label "other"
         outbox.record(
             conn,
-            FlagChange(
+            good_change(
+                0,
                 actor="carol@example.com",
                 role="engineer",
-                flag_key="x",
+                approver=None,
                 environment="qa-blue-42",
                 action="create",
-                reason="try",
             ),
         )
     port = free_port()

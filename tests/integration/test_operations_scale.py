@@ -16,8 +16,9 @@ from sqlalchemy import text
 
 from flagtrail import settings
 from producers import Outbox
+from tests.conftest import free_port, wait_for
 from tests.contracts import good_change
-from tests.test_operations import free_port, metric, scrape, start_daemon, wait_for
+from tests.test_operations import metric, scrape, start_daemon
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import random
 import subprocess
 import sys
@@ -23,7 +23,7 @@ from relay.logs import open_log
 from relay.logs.kafka import KafkaAuditLog
 from relay.outbox import open_outbox_source
 from relay.relay import Relay
-from tests.conftest import REPO, Services, run_cli
+from tests.conftest import REPO, Services, run_cli, wait_for
 from tests.contracts import good_change
 from tests.crash import check_chain, kill_repeatedly, start_relay
 
@@ -61,21 +61,27 @@ def outbox_event_ids(engine: Engine) -> list[str]:
         ]
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+@contextlib.contextmanager
+def relay_thread(
+    outbox: Outbox, kafka_url: str, idle_wait: float
+) -> Iterator[tuple[Relay, threading.Event]]:
+    """An in-process relay daemon on its own thread; set the event to stop it."""
+    audit_log = open_log(kafka_url)
+    relay = Relay(open_outbox_source(outbox.engine, outbox.chain_id), audit_log)
+    stop = threading.Event()
+    runner = threading.Thread(target=relay.run, args=(stop,), kwargs={"idle_wait": idle_wait})
+    runner.start()
+    try:
+        yield relay, stop
+    finally:
+        stop.set()
+        runner.join(timeout=idle_wait + 10)
+        audit_log.close()
 
 
 def test_reverse_commit_order_is_never_skipped(outbox: Outbox, kafka_url: str) -> None:
     """T1 inserts first and commits last while the relay runs: nothing is skipped."""
-    audit_log = open_log(kafka_url)
-    relay = Relay(open_outbox_source(outbox.engine, outbox.chain_id), audit_log)
-    stop = threading.Event()
-    runner = threading.Thread(target=relay.run, args=(stop,), kwargs={"idle_wait": 0.05})
-    runner.start()
-    try:
+    with relay_thread(outbox, kafka_url, idle_wait=0.05) as (relay, _):
         first, second = outbox.engine.connect(), outbox.engine.connect()
         t1, t2 = first.begin(), second.begin()
         id1 = outbox.record(first, good_change(1))
@@ -87,10 +93,6 @@ def test_reverse_commit_order_is_never_skipped(outbox: Outbox, kafka_url: str) -
         wait_for(lambda: relay.head.sequence == 2, 15, "both rows")
         first.close()
         second.close()
-    finally:
-        stop.set()
-        runner.join()
-        audit_log.close()
     records = log_records(kafka_url)
     assert [r["event_id"] for r in records] == [id1, id2]
     assert records[0]["timestamp_utc"] <= records[1]["timestamp_utc"]
@@ -219,12 +221,7 @@ def test_relay_refuses_a_topic_that_cannot_hold_evidence(
 
 def test_listen_notify_wakes_the_relay(outbox: Outbox, kafka_url: str) -> None:
     """With polling every 30 s, a commit still reaches the log in well under a second."""
-    audit_log = open_log(kafka_url)
-    relay = Relay(open_outbox_source(outbox.engine, outbox.chain_id), audit_log)
-    stop = threading.Event()
-    runner = threading.Thread(target=relay.run, args=(stop,), kwargs={"idle_wait": 30})
-    runner.start()
-    try:
+    with relay_thread(outbox, kafka_url, idle_wait=30) as (relay, stop):
         wait_for(lambda: relay.head.position is None and relay.head.sequence == 0, 10, "start")
         time.sleep(1.0)  # the relay is now blocked in LISTEN
         latencies = []
@@ -234,13 +231,10 @@ def test_listen_notify_wakes_the_relay(outbox: Outbox, kafka_url: str) -> None:
             committed = time.monotonic()
             wait_for(lambda n=n: relay.head.sequence == n + 1, 10, "the notified row")
             latencies.append(time.monotonic() - committed)
-        assert max(latencies) < 2.0, latencies
-    finally:
         stop.set()
         with outbox.engine.begin() as conn:  # wake it so it sees the stop flag
             outbox.record(conn, good_change(99))
-        runner.join(timeout=40)
-        audit_log.close()
+    assert max(latencies) < 2.0, latencies
 
 
 def test_two_relays_started_at_once_one_writes_the_other_waits(
@@ -355,21 +349,7 @@ def test_broker_and_database_restarts_lose_nothing(
         pytest.skip("restarts need the servers started by deploy/local")
     env = backend_env(pg_url, kafka_url)
     log_file = (workdir / "relay.log").open("w")
-    relay = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flagtrail.cli",
-            "--log-format",
-            "json",
-            "relay",
-            "--idle-wait",
-            "0.2",
-        ],
-        cwd=workdir,
-        env={**os.environ, **env},
-        stderr=log_file,
-    )
+    relay = start_relay(workdir, "--idle-wait", "0.2", env=env, stderr=log_file)
     stop, written = threading.Event(), [0]
     writer = threading.Thread(
         target=_writer, args=(pg_url, workdir, 10**9, stop, written), kwargs={"pause": 0.02}
