@@ -365,12 +365,15 @@ def concurrent_writers(engine, folder: Path, writers: int, seconds: float) -> st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "parts", nargs="*", default=["embedded", "scale"], choices=["embedded", "scale"]
+        "parts", nargs="*", metavar="{embedded,scale}", help="which benchmarks (default: both)"
     )
     parser.add_argument("--drain-events", type=int, default=100_000)
     parser.add_argument("--verify-events", type=int, default=300_000)
     parser.add_argument("--latency-seconds", type=int, default=60)
     args = parser.parse_args()
+    args.parts = args.parts or ["embedded", "scale"]
+    if unknown := set(args.parts) - {"embedded", "scale"}:
+        parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     lines = ["| benchmark | result | note |", "|---|---|---|"]
     if "embedded" in args.parts:
         bench_embedded(lines, args.drain_events, args.verify_events)

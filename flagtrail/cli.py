@@ -1,4 +1,8 @@
-"""The ``flagtrail`` command: thin argument handling over producers/ and relay/."""
+"""The ``flagtrail`` command: thin argument handling over producers/ and relay/.
+
+Commands import what they use inside their function, so that `flagtrail verify`
+starts in a tenth of a second instead of loading SQLAlchemy and Kafka clients.
+"""
 
 from __future__ import annotations
 

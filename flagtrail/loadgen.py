@@ -53,6 +53,7 @@ def _people(directory: IdentityDirectory) -> tuple[list[str], list[str]]:
 
 def realistic_change(
     rng: random.Random,
+    directory: IdentityDirectory,
     managers: list[str],
     engineers: list[str],
     sequence: int,
@@ -68,7 +69,7 @@ def realistic_change(
     else:
         actor = rng.choice(engineers)
         environment, approver = rng.choice(["staging", "development"]), None
-        role = next(iter(sorted(_roles_of(actor))))
+        role = sorted(directory.identities[actor])[0]
     return FlagChange(
         actor=actor,
         approver=approver,
@@ -87,13 +88,6 @@ def realistic_change(
     )
 
 
-_ROLE_LOOKUP: dict[str, frozenset[str]] = {}
-
-
-def _roles_of(name: str) -> frozenset[str]:
-    return _ROLE_LOOKUP[name]
-
-
 def generate(
     outbox: Outbox,
     directory: IdentityDirectory,
@@ -109,7 +103,6 @@ def generate(
     if events < 1 or per_transaction < 1:
         raise ConfigError("--events and --per-transaction must be at least 1")
     ensure_flag_store(outbox)
-    _ROLE_LOOKUP.update(directory.identities)
     managers, engineers = _people(directory)
     rng = random.Random(seed)
     result = LoadResult()
@@ -118,7 +111,8 @@ def generate(
     while done < events:
         size = min(per_transaction, events - done)
         changes = [
-            realistic_change(rng, managers, engineers, done + i, blocked_ratio) for i in range(size)
+            realistic_change(rng, directory, managers, engineers, done + i, blocked_ratio)
+            for i in range(size)
         ]
         with outbox.engine.begin() as conn:
             for change in changes:

@@ -22,7 +22,8 @@ def format_timestamp(moment: datetime) -> str:
 
 
 def parse_timestamp(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """A record's RFC 3339 timestamp (fromisoformat: C speed, unlike strptime)."""
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def utc_now() -> datetime:

@@ -58,23 +58,6 @@ def seal(record: Mapping[str, Any], prev_hash: str) -> tuple[str, str]:
     return record_hash, frame_line(prev_hash, payload, record_hash)
 
 
-def split_framed(line: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """(prev_hash, payload, hash) of a line in our framing, or None for any other shape."""
-    line = line.rstrip(b"\r\n")
-    if (
-        len(line) <= PAYLOAD_START + TRAILER_LEN
-        or not line.startswith(_PREFIX)
-        or line[PAYLOAD_START - 2 : PAYLOAD_START] != _MIDDLE
-        or line[-TRAILER_LEN : -TRAILER_LEN + len(_SUFFIX_HEAD)] != _SUFFIX_HEAD
-        or not line.endswith(_SUFFIX_TAIL)
-    ):
-        return None
-    prev = line[len(_PREFIX) : len(_PREFIX) + 64]
-    digest = line[-TRAILER_LEN + len(_SUFFIX_HEAD) : -len(_SUFFIX_TAIL)]
-    payload = b"{" + line[PAYLOAD_START:-TRAILER_LEN] + b"}"
-    return prev, payload, digest
-
-
 # orjson and json write a float differently only in two shapes (measured over
 # 1.3M doubles): a one-digit negative exponent (1e-9 / 1e-09) and numbers below
 # 1e-4 (0.00001 / 1e-05). The pre-check finds either shape anywhere (digits
@@ -82,6 +65,8 @@ def split_framed(line: bytes) -> tuple[bytes, bytes, bytes] | None:
 _ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
 _FLOAT_NOT_LIKE_JSON = re.compile(rb"[:\[,]-?(?:\d+(?:\.\d+)?e[-+]|0\.0000)")
 _FRAME_MIN = PAYLOAD_START + TRAILER_LEN
+# fast_parts slices with these numbers as literals (it runs once per record)
+assert (len(_PREFIX), PAYLOAD_START, TRAILER_LEN) == (14, 80, 75)
 
 
 class LineError(ValueError):

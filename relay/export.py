@@ -17,7 +17,7 @@ import orjson
 from flagtrail import __version__
 from producers.controls import CONTROL_ORDER
 from producers.errors import ConfigError, FlagtrailError
-from relay.canonical import GENESIS, chain_hash, split_framed
+from relay.canonical import GENESIS, LineError, chain_hash, line_parts
 from relay.gaps import GapFinder
 from relay.logs.base import AuditLog
 from relay.signing import (
@@ -95,10 +95,13 @@ def window_bounds(start: date, end: date) -> tuple[str, str]:
 
 def _check_and_note(scan: _WindowScan, line: bytes, prev: str | None) -> str:
     """Check one record's hash and link; returns its hash."""
-    parts = split_framed(line)
-    if parts is None:
-        raise ExportError(f"log record {scan.count + 1} of the window is not in flagtrail framing")
-    prev_hash, payload, digest = (p.decode() for p in parts)
+    try:
+        prev_hash, payload_bytes, digest = line_parts(line)
+    except LineError as exc:
+        raise ExportError(
+            f"log record {scan.count + 1} of the window is unreadable: {exc}"
+        ) from exc
+    payload = payload_bytes.decode()
     if chain_hash(prev_hash, payload) != digest:
         raise ExportError(
             f"log record {scan.count + 1} of the window fails its hash: "

@@ -20,7 +20,9 @@ from typing import Any
 import orjson
 import structlog
 
+from producers.controls import controls_for_meta
 from producers.errors import FlagtrailError
+from producers.events import event_record, format_timestamp, utc_now
 from relay.canonical import GENESIS, LineError, chain_hash, line_parts, seal
 from relay.lease import Lease
 from relay.logs.base import AuditLog, ChainConflict, LogEntry
@@ -199,9 +201,6 @@ class Relay:
     def _rotate_automatically(
         self, problem: str, tail: LogEntry | None, checkpoint: Checkpoint | None
     ) -> None:
-        from producers.controls import controls_for_meta
-        from producers.events import event_record, format_timestamp, utc_now
-
         known = (
             checkpoint
             if tail is None
@@ -244,8 +243,6 @@ class Relay:
         if not rows:
             return None
         items = _decode_rows(rows)
-        from producers.events import format_timestamp, utc_now
-
         entries = seal_records(self.head, items, format_timestamp(utc_now()))
         try:
             self.log.append(entries, after_sequence=self.head.sequence)

@@ -17,8 +17,13 @@ def test_up_twice_leaves_one_of_each_and_prints_exports(services: Services) -> N
         pytest.skip("only for servers started by deploy/local")
 
     def up() -> str:
-        return subprocess.run(["bash", str(REPO / "deploy/local/up")], capture_output=True,
-                              text=True, check=True, timeout=300).stdout
+        return subprocess.run(
+            ["bash", str(REPO / "deploy/local/up")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        ).stdout
 
     first = up()
     state = Path(first.strip().splitlines()[-1].split(": ", 1)[1])
