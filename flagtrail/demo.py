@@ -99,6 +99,9 @@ SAMPLE_CHANGES = [
 
 
 def run_demo(folder: Path) -> int:
+    # the venv's script by its full path: `make demo` users may not have it on PATH
+    script = Path(sys.argv[0])
+    command = str(script.resolve()) if script.name == "flagtrail" else "python -m flagtrail.cli"
     folder.mkdir(parents=True, exist_ok=True)
     os.chdir(folder)
     identities = Path(settings.identities_path())
@@ -154,8 +157,8 @@ Everything is in {here}:
 Check it yourself:
   cd {here}
   {manifest["verify_commands"][0]}
-  flagtrail verify {paths.jsonl.name} --pubkey {PUBLIC_KEY_FILE}
-  flagtrail summary {paths.jsonl.name}
+  {command} verify {paths.jsonl.name} --pubkey {PUBLIC_KEY_FILE}
+  {command} summary {paths.jsonl.name}
 """)
     sys.stdout.flush()
     return 0 if report.ok else 1

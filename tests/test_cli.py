@@ -10,12 +10,25 @@ import pytest
 
 from tests.conftest import run_cli
 
-COMMANDS = ["demo", "record", "loadgen", "relay", "export", "verify", "summary", "keygen"]
+COMMANDS = [
+    "demo",
+    "record",
+    "loadgen",
+    "relay",
+    "export",
+    "verify",
+    "summary",
+    "keygen",
+    "rotate",
+    "drift",
+    "gap scan",
+    "gap document",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_explains_its_options(command: str) -> None:
-    result = run_cli(command, "--help")
+    result = run_cli(*command.split(), "--help")
     assert result.returncode == 0
     assert "usage: flagtrail" in result.stdout and "--help" in result.stdout
 
