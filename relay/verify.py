@@ -154,9 +154,7 @@ def _load_manifest(paths: PackagePaths) -> dict[str, Any] | None:
     return manifest
 
 
-def _check_chain(
-    path: Path, size: int, anchor: str, workers: int
-) -> tuple[list[ChunkResult], bytes]:
+def _check_chain(path: Path, size: int, workers: int) -> tuple[list[ChunkResult], bytes]:
     if size < PARALLEL_THRESHOLD_BYTES or workers <= 1:
         return [check_chunk(str(path), 0, size)], _file_sha256(path)
     bounds = _chunk_bounds(path, size, workers * 4)
@@ -260,7 +258,7 @@ def verify_export(
     elif manifest and (manifest.get("anchor") or {}).get("hash"):
         report.anchor, report.anchor_source = manifest["anchor"]["hash"], "from the manifest"
     workers = workers or min(os.cpu_count() or 1, 8)
-    chunks, file_digest = _check_chain(path, size, report.anchor, workers)
+    chunks, file_digest = _check_chain(path, size, workers)
     _stitch(report, chunks)
     if report.finding is None and manifest is not None:
         _check_manifest(report, manifest, file_digest.hex())
