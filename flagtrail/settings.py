@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -43,8 +45,18 @@ def chain_id(given: str | None = None) -> str:
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
-    # WAL lets the relay read while control-plane writers commit
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # WAL lets the relay read while control-plane writers commit. Switching a new file
+    # to WAL can fail at once with "database is locked" when two processes start
+    # together (no busy wait for it): retry for a while.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
 

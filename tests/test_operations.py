@@ -257,17 +257,34 @@ def metric(text: str, name: str) -> float | None:
     return None
 
 
+def daemon_log(workdir: Path, port: int) -> Path:
+    return workdir / f"relay-{port}.log"
+
+
 def start_daemon(workdir: Path, port: int, *extra: str) -> subprocess.Popen:
-    return start_relay(
-        workdir,
-        "--metrics-port",
-        str(port),
-        "--idle-wait",
-        "0.2",
-        *extra,
-        env={"AUDIT_TOKEN": "tok-s3cr3t-value"},
-        stderr=subprocess.PIPE,
-    )
+    """A relay daemon serving metrics on ``port``; its JSON logs go to a file (a pipe
+    nobody reads would fill and stall it)."""
+    with daemon_log(workdir, port).open("w") as log_file:
+        return start_relay(
+            workdir,
+            "--metrics-port",
+            str(port),
+            "--idle-wait",
+            "0.2",
+            *extra,
+            env={"AUDIT_TOKEN": "tok-s3cr3t-value"},
+            stderr=log_file,
+        )
+
+
+def wait_for_metrics(daemon: subprocess.Popen, workdir: Path, port: int) -> None:
+    """Until the daemon serves /metrics; if it exits first, fail with its log."""
+
+    def serving() -> bool:
+        assert daemon.poll() is None, daemon_log(workdir, port).read_text()[-2000:]
+        return _quiet(scrape, port)[0] == 200
+
+    wait_for(serving, 60, f"the relay's metrics on port {port}")
 
 
 def test_metrics_health_logs_and_sigterm(workdir: Path) -> None:
@@ -291,7 +308,7 @@ def test_metrics_health_logs_and_sigterm(workdir: Path) -> None:
     port = free_port()
     daemon = start_daemon(workdir, port)
     try:
-        wait_for(lambda: _quiet(scrape, port)[0] == 200, 20, "the metrics port")
+        wait_for_metrics(daemon, workdir, port)
         wait_for(
             lambda: metric(scrape(port)[1], "flagtrail_chain_head_sequence") == 6,
             20,
@@ -314,7 +331,7 @@ def test_metrics_health_logs_and_sigterm(workdir: Path) -> None:
     finally:
         if daemon.poll() is None:
             daemon.kill()
-        logs = daemon.stderr.read()
+        logs = daemon_log(workdir, port).read_text()
     batches = [
         json.loads(line)
         for line in logs.splitlines()
@@ -354,8 +371,8 @@ def test_standby_takes_over_within_ten_seconds_of_a_sigkill(workdir: Path) -> No
     ports = [free_port(), free_port()]
     daemons = [start_daemon(workdir, port) for port in ports]
     try:
-        for port in ports:
-            wait_for(lambda port=port: _quiet(scrape, port)[0] == 200, 20, "metrics")
+        for daemon, port in zip(daemons, ports, strict=True):
+            wait_for_metrics(daemon, workdir, port)
 
         def actives() -> list[float | None]:
             return [metric(_quiet(scrape, p)[1], "flagtrail_relay_active") for p in ports]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -41,15 +42,28 @@ class SQLiteAuditLog(AuditLog):
         self.path = Path(path)
         if not self.path.parent.exists():
             raise ConfigError(f"log folder {self.path.parent} does not exist")
-        try:
-            self._db = sqlite3.connect(
-                path, timeout=60, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"cannot open log {path}: {exc}") from exc
+        self._db = self._open(path)
+
+    @staticmethod
+    def _open(path: str, patience_s: float = 30.0) -> sqlite3.Connection:
+        """Open and set up the log file. Switching to WAL can fail with "database is
+        locked" without waiting when two relays start at once: retry for a while."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                db = sqlite3.connect(
+                    path, timeout=60, isolation_level=None, check_same_thread=False
+                )
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(_SCHEMA)
+                return db
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise ConfigError(f"cannot open log {path}: {exc}") from exc
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as exc:
+                raise ConfigError(f"cannot open log {path}: {exc}") from exc
 
     def tail(self) -> LogEntry | None:
         row = self._db.execute(
