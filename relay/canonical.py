@@ -92,10 +92,10 @@ def fast_parts(
     """
     if (
         len(line) <= _FRAME_MIN
-        or line[:14] != _prefix
-        or line[78:80] != b'",'
-        or line[-75:-66] != b',"hash":"'
-        or line[-2:] != b'"}'
+        or not line.startswith(_prefix)  # startswith at offsets: no slice copies
+        or not line.startswith(b'",', 78)
+        or not line.startswith(b',"hash":"', len(line) - 75)
+        or not line.endswith(b'"}')
     ):
         return None
     payload = b"{" + line[80:-75] + b"}"
