@@ -64,6 +64,15 @@ def _add_backends(parser: argparse.ArgumentParser, outbox: bool = True, log: boo
     parser.add_argument("--chain", help="chain id [env FLAGTRAIL_CHAIN, default flag-audit]")
 
 
+def _add_window(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
+    parser.add_argument("--end", type=_date, required=True, help="last day, YYYY-MM-DD (included)")
+
+
+def _add_identities(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--identities", help="identity directory TOML [env FLAGTRAIL_IDENTITIES]")
+
+
 def _outbox(args: argparse.Namespace):  # -> producers.Outbox
     from flagtrail import settings
     from producers import Outbox
@@ -393,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", type=_json_arg, default=None, help="new state, JSON")
     p.add_argument("--reason", default="", help="justification (required)")
     p.add_argument("--change-ref", default="", help="ticket, e.g. CHG-4821 (production)")
-    p.add_argument("--identities", help="identity directory TOML [env FLAGTRAIL_IDENTITIES]")
+    _add_identities(p)
     _add_backends(p, log=False)
     p.set_defaults(func=cmd_record)
 
@@ -413,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of production changes that self-approve and get blocked",
     )
     p.add_argument("--seed", type=int, default=7, help="random seed")
-    p.add_argument("--identities", help="identity directory TOML [env FLAGTRAIL_IDENTITIES]")
+    _add_identities(p)
     _add_backends(p, log=False)
     p.set_defaults(func=cmd_loadgen)
 
@@ -450,8 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Whole UTC days, both included. Writes the JSONL, its "
         ".sig, a manifest and the per-control summary.",
     )
-    p.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
-    p.add_argument("--end", type=_date, required=True, help="last day, YYYY-MM-DD (included)")
+    _add_window(p)
     p.add_argument(
         "--controls", help="controls to report, e.g. CC6.1,CC6.6,CC8.1 (never removes records)"
     )
@@ -495,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reason", required=True, help="why the chain restarts")
     p.add_argument("--actor", required=True, help="identity rotating it (must be known)")
-    p.add_argument("--identities", help="identity directory TOML [env FLAGTRAIL_IDENTITIES]")
+    _add_identities(p)
     _add_backends(p, log=False)
     p.set_defaults(func=cmd_rotate)
 
@@ -507,8 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Relay outages (events that reached the "
         "log late), silences, sequence jumps and rotations.",
     )
-    p.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
-    p.add_argument("--end", type=_date, required=True, help="last day, YYYY-MM-DD (included)")
+    _add_window(p)
     p.add_argument(
         "--lag-threshold",
         type=float,
@@ -548,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="private key PEM that signs the statement "
         "[env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
     )
-    p.add_argument("--identities", help="identity directory TOML [env FLAGTRAIL_IDENTITIES]")
+    _add_identities(p)
     _add_backends(p, log=False)
     p.set_defaults(func=cmd_gap_document)
 
