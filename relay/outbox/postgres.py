@@ -21,7 +21,8 @@ import psycopg
 from sqlalchemy import Engine, text
 
 from producers.schema import NOTIFY_CHANNEL
-from relay.outbox.base import OutboxPosition, SQLOutboxSource
+from relay.outbox.base import OutboxPosition
+from relay.outbox.sql import SQLOutboxSource
 
 _POSITION = "(CAST(CAST(:{0}_tx AS text) AS xid8), :{0}_id)"
 

@@ -6,7 +6,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from relay.outbox.base import OutboxPosition, SQLOutboxSource
+from relay.outbox.base import OutboxPosition
+from relay.outbox.sql import SQLOutboxSource
 
 
 class SQLiteOutboxSource(SQLOutboxSource):
