@@ -113,7 +113,7 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     from flagtrail.loadgen import generate
 
     outbox = _outbox(args)
-    directory = outbox.identities._current()
+    directory = outbox.identities.directory()
     result = generate(
         outbox,
         directory,
@@ -306,9 +306,7 @@ def cmd_gap_scan(args: argparse.Namespace) -> int:
     with open_log(settings.log_url(args.log_url)) as audit_log:
         for entry in audit_log.read(since, until):
             finder.add(orjson.loads(entry.line))
-        for entry in audit_log.read(until, None):  # statements written after the window
-            if '"action":"gap_documented"' in entry.line:
-                finder.note_statement(orjson.loads(entry.line))
+        finder.note_statements_after(audit_log, until)
     gaps = finder.result()
     if not gaps:
         print(f"no suspicious gaps between {since} and {until}")

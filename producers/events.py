@@ -10,6 +10,10 @@ from typing import Any
 
 from producers.errors import InvalidChange
 
+# The seed's canonical JSON (sorted keys, no spaces, ASCII): outbox payloads, chain
+# hashes and signed statements all use this one encoder.
+canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
 SCHEMA_VERSION = 1
 FLAG_ACTIONS = frozenset({"create", "update", "rollout", "delete"})
 META_ACTIONS = frozenset({"rejected", "sentinel_rotation", "gap_documented"})

@@ -99,6 +99,10 @@ class FileIdentityDirectory:
         self._stamp: tuple[int, int] | None = None
         self._directory: IdentityDirectory | None = None
 
+    def directory(self) -> IdentityDirectory:
+        """The directory as the file says now (re-read when it changed)."""
+        return self._current()
+
     def _current(self) -> IdentityDirectory:
         try:
             stat = self.path.stat()

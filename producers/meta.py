@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import uuid
 from datetime import datetime
 from typing import Any
 
 from producers.controls import controls_for_meta
 from producers.errors import InvalidChange, PolicyError
-from producers.events import event_record, format_timestamp, utc_now
+from producers.events import canonical_json, event_record, format_timestamp, utc_now
 from producers.outbox import Outbox
 
 
@@ -24,22 +23,35 @@ def _require_identity(outbox: Outbox, who: str, role_of: str) -> None:
         )
 
 
+def _write_meta(
+    outbox: Outbox, conn: Any, action: str, actor: str, reason: str, meta: dict[str, Any]
+) -> str:
+    record = event_record(
+        event_id=str(uuid.uuid4()),
+        chain_id=outbox.chain_id,
+        recorded_at=outbox.clock(),
+        action=action,
+        controls=controls_for_meta(),
+        actor=actor,
+        reason=reason,
+        meta=meta,
+    )
+    return outbox.record_meta(conn, record)
+
+
 def request_rotation(outbox: Outbox, conn: Any, actor: str, reason: str) -> str:
     """Start a new chain epoch: the relay seals this with GENESIS and names the old head."""
     _require_identity(outbox, actor, "actor")
     if not reason.strip():
         raise InvalidChange("a rotation needs a --reason")
-    record = event_record(
-        event_id=str(uuid.uuid4()),
-        chain_id=outbox.chain_id,
-        recorded_at=outbox.clock(),
-        action="sentinel_rotation",
-        controls=controls_for_meta(),
-        actor=actor,
-        reason=reason,
-        meta={"rotated_by": actor, "automatic": False, "reason": reason},
+    return _write_meta(
+        outbox,
+        conn,
+        "sentinel_rotation",
+        actor,
+        reason,
+        {"rotated_by": actor, "automatic": False, "reason": reason},
     )
-    return outbox.record_meta(conn, record)
 
 
 def gap_statement(start: datetime, end: datetime, reason: str, author: str) -> dict[str, Any]:
@@ -59,8 +71,7 @@ def gap_statement(start: datetime, end: datetime, reason: str, author: str) -> d
 
 
 def statement_digest(statement: dict[str, Any]) -> bytes:
-    canonical = json.dumps(statement, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).digest()
+    return hashlib.sha256(canonical_json(statement).encode()).digest()
 
 
 def document_gap(
@@ -68,15 +79,13 @@ def document_gap(
 ) -> str:
     """Write a signed gap_documented meta-event (the signature covers ``statement``)."""
     _require_identity(outbox, statement["author"], "author")
-    record = event_record(
-        event_id=str(uuid.uuid4()),
-        chain_id=outbox.chain_id,
-        recorded_at=outbox.clock(),
-        action="gap_documented",
-        controls=controls_for_meta(),
-        actor=statement["author"],
-        reason=statement["reason"],
-        meta={
+    return _write_meta(
+        outbox,
+        conn,
+        "gap_documented",
+        statement["author"],
+        statement["reason"],
+        {
             **statement,
             "statement_signature": base64.b64encode(signature).decode(),
             "signing_key_fingerprint": key_fingerprint,
@@ -84,4 +93,3 @@ def document_gap(
             "stated_at",
         },
     )
-    return outbox.record_meta(conn, record)

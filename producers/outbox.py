@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -11,14 +10,12 @@ from sqlalchemy import Connection, Engine, event, insert
 
 from producers.controls import controls_for_change, controls_for_rejection
 from producers.errors import PolicyError
-from producers.events import FlagChange, event_record, utc_now
+from producers.events import FlagChange, canonical_json, event_record, utc_now
 from producers.identity import FileIdentityDirectory, IdentityProvider
 from producers.policy import Violation, evaluate
 from producers.schema import ensure_schema, outbox
 
 DEFAULT_CHAIN = "flag-audit"
-
-_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 def _epoch_us(moment: datetime) -> int:
@@ -30,7 +27,7 @@ def outbox_row(chain_id: str, record: dict[str, Any], recorded_at: datetime) -> 
         "chain_id": chain_id,
         "event_id": record["event_id"],
         "recorded_at_us": _epoch_us(recorded_at),
-        "payload": _encode(record),
+        "payload": canonical_json(record),
     }
 
 

@@ -20,9 +20,10 @@ from typing import Any
 
 import orjson
 
+from producers.events import canonical_json
+
 GENESIS = "0" * 64
 
-_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 _PREFIX = b'{"prev_hash":"'
 _MIDDLE = b'",'
@@ -39,7 +40,7 @@ def canonical_payload(record: Mapping[str, Any]) -> str:
     """The seed's canonical JSON of a record without its two hash fields."""
     if "hash" in record or "prev_hash" in record:
         record = {k: v for k, v in record.items() if k not in HASHED_FIELDS_EXCLUDED}
-    return _encode(record)
+    return canonical_json(record)
 
 
 def chain_hash(prev_hash: str, payload: str) -> str:
@@ -161,7 +162,7 @@ def seed_parts(line: bytes) -> tuple[str, bytes, str]:
     digest, prev = record.pop("hash", None), record.pop("prev_hash", None)
     if not isinstance(digest, str) or not isinstance(prev, str):
         raise LineError("hash or prev_hash is missing")
-    return prev, _encode(record).encode(), digest
+    return prev, canonical_json(record).encode(), digest
 
 
 def payload_action(payload: bytes) -> object:

@@ -169,9 +169,7 @@ def export_window(
     public_key = key.public_key()
     paths.public_key.write_bytes(public_pem(public_key))
     reported = controls or [c for c in CONTROL_ORDER if scan.controls.get(c)]
-    for entry in audit_log.read(until, None):  # gaps documented after the window ended
-        if '"action":"gap_documented"' in entry.line:
-            scan.gaps.note_statement(orjson.loads(entry.line))
+    scan.gaps.note_statements_after(audit_log, until)
     rotations = [m for m in scan.meta_events if m["action"] == "sentinel_rotation"]
     summary = format_summary(scan.controls, reported, [r["record"] for r in rotations])
     paths.summary.write_text(summary)

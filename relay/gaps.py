@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import orjson
+
 from producers.events import parse_timestamp
+from relay.logs.base import AuditLog
 
 DEFAULT_LAG_THRESHOLD_S = 300.0
 
@@ -110,6 +113,13 @@ class GapFinder:
         meta = record.get("meta") or {}
         if meta.get("from") and meta.get("to"):
             self.statements.append({"event_id": record.get("event_id"), **meta})
+
+    def note_statements_after(self, audit_log: AuditLog, until: str) -> None:
+        """Gaps are usually documented after they happen: read the statements the log
+        holds from ``until`` on."""
+        for entry in audit_log.read(until, None):
+            if '"action":"gap_documented"' in entry.line:
+                self.note_statement(orjson.loads(entry.line))
 
     def result(self) -> list[Gap]:
         for gap in self.gaps:
