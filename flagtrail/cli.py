@@ -18,9 +18,14 @@ from typing import Any
 
 from flagtrail import __version__
 from flagtrail.logs import configure as configure_logging
-from producers.errors import ConfigError, FlagtrailError, InvalidChange, PolicyError
-
-EXIT_ERROR, EXIT_BLOCKED, EXIT_TAMPERED = 2, 3, 1
+from producers.errors import (
+    EXIT_ERROR,
+    EXIT_TAMPERED,
+    ConfigError,
+    FlagtrailError,
+    InvalidChange,
+    PolicyError,
+)
 
 
 def _date(text: str) -> date:
@@ -600,14 +605,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except PolicyError as exc:
-        print(f"blocked (403): {exc.message}", file=sys.stderr)
-        return EXIT_BLOCKED
+        print(f"blocked ({exc.status}): {exc.message}", file=sys.stderr)
+        return exc.exit_code
     except InvalidChange as exc:
-        print(f"flagtrail: invalid change (400): {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except (ConfigError, FlagtrailError) as exc:
+        print(f"flagtrail: invalid change ({exc.status}): {exc}", file=sys.stderr)
+        return exc.exit_code
+    except FlagtrailError as exc:
         print(f"flagtrail: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return exc.exit_code
     except Exception as exc:
         database = _database_error(exc)
         if database is None:

@@ -167,3 +167,68 @@ def seed_parts(line: bytes) -> tuple[str, bytes, str]:
 
 def payload_action(payload: bytes) -> object:
     return json.loads(payload).get("action")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+# The fields a reader relies on, with the types it may assume once strict_record passed.
+_RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "sequence": int,
+    "timestamp_utc": str,
+    "action": str,
+    "soc2_controls": list,
+    "meta": (dict, type(None)),
+}
+
+
+def strict_record(line: bytes | str) -> dict[str, Any]:
+    """The one strict decoder every reader uses (export, gap scan, verify, summary).
+
+    A line a producer or an attacker wrote can only raise LineError here, never
+    crash a reader later: it must be one JSON object (no NaN, no lone
+    surrogates, bounded nesting) whose reader-facing fields have their types.
+    """
+    try:
+        if _LONG_DIGITS.search(line if isinstance(line, bytes) else line.encode()):
+            raise orjson.JSONDecodeError("long integer", "", 0)
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        # orjson reads integers beyond 64 bits as floats (silently inexact) and
+        # refuses some valid JSON: json is exact, only slower
+        try:
+            record = json.loads(line, parse_constant=_refuse_constant)
+        except (ValueError, UnicodeError, RecursionError) as exc:
+            raise LineError(f"not valid JSON ({exc.__class__.__name__})") from None
+        if _has_lone_surrogate(record):
+            raise LineError("contains a lone surrogate (not valid Unicode)") from None
+    if not isinstance(record, dict):
+        raise LineError("not a JSON object")
+    for name, kind in _RECORD_TYPES.items():
+        value = record.get(name)
+        if (name in record and not isinstance(value, kind)) or isinstance(value, bool):
+            raise LineError(f"field {name!r} has the wrong type")
+    controls = record.get("soc2_controls")
+    if controls is not None and not all(isinstance(c, str) for c in controls):
+        raise LineError("field 'soc2_controls' must list strings")
+    return record
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
