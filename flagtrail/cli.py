@@ -148,7 +148,7 @@ def _relay(args: argparse.Namespace):  # -> relay.relay.Relay
 
     engine = settings.make_engine(settings.outbox_url(args.outbox_url))
     source = open_outbox_source(engine, settings.chain_id(args.chain))
-    audit_log = open_log(settings.log_url(args.log_url))
+    audit_log = open_log(settings.log_url(args.log_url), source.chain_id)
     return Relay(source, audit_log, batch_size=args.batch_size)
 
 
@@ -201,7 +201,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(f"--controls: {exc}") from None
     key = Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key))
-    with open_log(settings.log_url(args.log_url)) as audit_log:
+    with open_log(
+        settings.log_url(args.log_url), settings.chain_id(args.chain), read_only=True
+    ) as audit_log:
         paths, manifest = export_window(
             audit_log,
             args.start,
@@ -308,7 +310,9 @@ def cmd_gap_scan(args: argparse.Namespace) -> int:
     finder = GapFinder(
         args.lag_threshold, args.silence_threshold * 3600 if args.silence_threshold else None
     )
-    with open_log(settings.log_url(args.log_url)) as audit_log:
+    with open_log(
+        settings.log_url(args.log_url), settings.chain_id(args.chain), read_only=True
+    ) as audit_log:
         for entry in audit_log.read(since, until):
             finder.add(orjson.loads(entry.line))
         finder.note_statements_after(audit_log, until)
@@ -338,7 +342,9 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from relay.logs import open_log
 
     as_of = args.as_of or datetime.now(UTC).date()
-    with open_log(settings.log_url(args.log_url)) as audit_log:
+    with open_log(
+        settings.log_url(args.log_url), settings.chain_id(args.chain), read_only=True
+    ) as audit_log:
         report = check_drift(audit_log, as_of, args.weeks, args.threshold)
     start, end = report.week
     print(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from producers.errors import ConfigError
@@ -40,7 +42,21 @@ def identities_path(given: str | None = None) -> str:
 
 
 def chain_id(given: str | None = None) -> str:
-    return setting("FLAGTRAIL_CHAIN", given)
+    """The chain id, validated before it reaches a file path, a topic or a lock."""
+    from relay.logs.base import check_chain_id
+
+    return check_chain_id(setting("FLAGTRAIL_CHAIN", given))
+
+
+def kafka_replication() -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for new and used Kafka log topics:
+    FLAGTRAIL_KAFKA_REPLICATION_FACTOR and FLAGTRAIL_KAFKA_MIN_INSYNC_REPLICAS, default
+    3 and 2 (deploy/local/up exports 1 and 1 for its single broker). A log URL's
+    ``?replication_factor=&min_insync_replicas=`` overrides them."""
+    from relay.logs import _kafka_settings
+
+    values = _kafka_settings("(settings)", "")
+    return int(values["replication_factor"]), int(values["min_insync_replicas"])  # type: ignore[call-overload]
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
@@ -61,8 +77,18 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the outbox database, tuned for the outbox's access pattern."""
+def _read_only_sqlite(dbapi_conn: object, _record: object) -> None:
+    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+def make_engine(url: str, read_only: bool = False) -> Engine:
+    """An engine for the outbox database, tuned for the outbox's access pattern.
+
+    A new SQLite file is created 0600 (its -wal and -shm files take its mode). With
+    ``read_only`` (readers of the outbox) a missing SQLite file is a ConfigError and
+    the file is opened ``mode=ro``: nothing is created or changed."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -71,9 +97,7 @@ def make_engine(url: str) -> Engine:
             "postgresql+psycopg://user@127.0.0.1:5432/db)"
         ) from exc
     if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(parsed, connect_args={"timeout": 60})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
+        return _sqlite_engine(url, parsed, read_only)
     if parsed.get_backend_name() == "postgresql":
         if parsed.get_driver_name() != "psycopg":
             parsed = parsed.set(drivername="postgresql+psycopg")
@@ -88,3 +112,33 @@ def make_engine(url: str) -> Engine:
     raise ConfigError(
         f"outbox database {parsed.get_backend_name()!r} is not supported: use sqlite or postgresql"
     )
+
+
+def _sqlite_engine(url: str, parsed: URL, read_only: bool) -> Engine:
+    from relay.logs.base import create_private_file
+
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        raise ConfigError(f"outbox URL {redact(url)!r} must name a file: sqlite:///outbox.db")
+    path = Path(database)
+    if read_only:
+        if not path.is_file():
+            raise ConfigError(f"outbox {redact(url)} does not exist")
+        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        engine = create_engine(parsed, creator=lambda: sqlite3.connect(uri, uri=True, timeout=60))
+        event.listen(engine, "connect", _read_only_sqlite)
+        return engine
+    if not path.parent.is_dir():
+        raise ConfigError(f"outbox folder {path.parent} does not exist")
+    create_private_file(path)
+    engine = create_engine(parsed, connect_args={"timeout": 60})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def redact(url: str) -> str:
+    """A URL fit for a message: its password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url

@@ -18,9 +18,14 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from producers.errors import ConfigError
+from relay.logs.base import check_chain_id
+from relay.outbox.sql import translated
+
 
 def _lock_key(chain_id: str) -> int:
     """A stable signed 64-bit advisory-lock key for a chain."""
+    check_chain_id(chain_id)
     digest = hashlib.sha256(f"flagtrail-relay:{chain_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
@@ -49,13 +54,16 @@ class PostgresLease(Lease):
     def try_acquire(self) -> bool:
         if self._conn is not None:
             return self.still_held()
-        conn = self.engine.connect()
-        try:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
-            conn.commit()
-        except Exception:
-            conn.invalidate()
-            raise
+        with translated(self.engine, "taking the relay lease"):
+            conn = self.engine.connect()
+            try:
+                got = conn.execute(
+                    text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}
+                ).scalar()
+                conn.commit()
+            except Exception:
+                conn.invalidate()
+                raise
         if got:
             self._conn = conn
             return True
@@ -101,7 +109,10 @@ class FileLease(Lease):
     def try_acquire(self) -> bool:
         if self._fd is not None:
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the relay lease {self.path}: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -124,5 +135,6 @@ class FileLease(Lease):
 def lease_for(engine: Engine, chain_id: str) -> Lease:
     if engine.dialect.name == "postgresql":
         return PostgresLease(engine, chain_id)
+    check_chain_id(chain_id)  # it becomes part of a file name
     database = engine.url.database or "outbox.db"
     return FileLease(Path(f"{database}.{chain_id}.relay.lock"))

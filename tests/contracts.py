@@ -116,6 +116,19 @@ class OutboxContract:
         assert source.mark_through(rows[4].position, 2, after=rows[3].position) == 1
         assert [r.position for r in source.fetch_pending(None, 100)] == [rows[3].position]
 
+    def test_rows_are_marked_relayed_only_in_their_own_chain(
+        self, outbox: Outbox, workdir: Path
+    ) -> None:
+        other = Outbox(outbox.engine, str(workdir / "identities.toml"), chain_id="other")
+        for n in range(3):
+            with outbox.engine.begin() as conn:
+                other.record(conn, good_change(n))
+                outbox.record(conn, good_change(n))
+        source = open_outbox_source(outbox.engine, outbox.chain_id)
+        last = source.fetch_pending(None, 100)[-1].position
+        assert source.mark_through(last, 1) == 3  # other's rows sit before ``last`` too
+        assert open_outbox_source(outbox.engine, "other").backlog().pending == 3
+
     def test_other_chains_rows_are_not_read(self, outbox: Outbox, workdir: Path) -> None:
         other = Outbox(outbox.engine, str(workdir / "identities.toml"), chain_id="other")
         with outbox.engine.begin() as conn:
@@ -168,6 +181,14 @@ class AuditLogContract:
         window = list(audit_log.read("2026-01-02T00:00:00.000000Z", "2026-01-03T00:00:00.000000Z"))
         assert [e.sequence for e in window] == [4, 5, 6]
         assert list(audit_log.read("2026-02-01T00:00:00.000000Z", None)) == []
+
+    def test_entry_at_finds_each_sequence(self, audit_log: AuditLog) -> None:
+        audit_log.claim()
+        entries = chain_of(9)
+        for start in range(0, 9, 2):  # several transactions: markers between records
+            audit_log.append(entries[start : start + 2], after_sequence=start)
+        assert [audit_log.entry_at(e.sequence) for e in entries] == entries
+        assert audit_log.entry_at(0) is None and audit_log.entry_at(10) is None
 
     def test_append_on_a_stale_tail_is_refused(self, audit_log: AuditLog) -> None:
         audit_log.claim()
