@@ -12,8 +12,8 @@ record's value is exactly one export line; headers carry what the relay and
 exports index by (chain id, sequence, timestamp, hash, outbox position).
 
 Outages: every wait on the broker (bootstrap, produce, commit, offsets, fetch) is
-bounded by ``timeout_s`` (5 s), so a stopped broker surfaces as LogUnavailable
-(retriable) within that time. librdkafka's own log lines and errors go through
+bounded by ``timeout_s`` (4 s), so a stopped broker surfaces as LogUnavailable
+(retriable) within 5 s of a write being tried. librdkafka's own log lines and errors go through
 structlog, deduplicated, never raw to stderr; kafka-python's logging is quiet.
 """
 
@@ -147,7 +147,7 @@ class KafkaAuditLog(AuditLog):
         min_insync_replicas: int = 2,
         retention_ms: int = -1,
         create_topic: bool = True,
-        timeout_s: float = 5.0,
+        timeout_s: float = 4.0,
     ) -> None:
         self.chain_id = check_chain_id(chain_id)
         self.servers = servers
@@ -243,7 +243,7 @@ class KafkaAuditLog(AuditLog):
             self._validate_durability(partitions[0], configs)
 
     def _validate_durability(self, partition: dict, configs: dict) -> None:
-        replicas = len(partition.get("replicas") or [])
+        replicas = len(partition.get("replica_nodes") or partition.get("replicas") or [])
         min_isr = int(configs["min.insync.replicas"]["value"])
         if replicas < self.replication_factor or min_isr < self.min_insync_replicas:
             raise ConfigError(
