@@ -201,6 +201,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(f"--controls: {exc}") from None
     key = Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key))
+    from relay.signing import load_private_key
+
+    load_private_key(key)  # a missing key fails before the log is opened
     with open_log(
         settings.log_url(args.log_url), settings.chain_id(args.chain), read_only=True
     ) as audit_log:
