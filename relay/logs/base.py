@@ -92,6 +92,11 @@ class AuditLog(ABC):
                 return None
         return None
 
+    def ping(self) -> None:  # noqa: B027 - optional hook
+        """Cheap health probe for an idle writer: raise LogUnavailable when the log is
+        known to be unreachable (the relay calls it between polls so that an outage
+        shows while no rows flow). Does nothing by default."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

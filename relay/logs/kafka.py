@@ -164,6 +164,7 @@ class KafkaAuditLog(AuditLog):
         self._producer: Producer | None = None
         self._topic_checked = False
         self._written_sequence: int | None = None  # last sequence this writer committed
+        self._down: str | None = None  # librdkafka said every broker is down (why)
 
     @property
     def _timeout_ms(self) -> int:
@@ -281,7 +282,7 @@ class KafkaAuditLog(AuditLog):
                     "socket.timeout.ms": self._timeout_ms,
                     "reconnect.backoff.max.ms": 1_000,
                     "logger": _LibrdkafkaLogger(),
-                    "error_cb": _on_error,
+                    "error_cb": self._on_error,
                 }
             )
             try:
@@ -291,6 +292,22 @@ class KafkaAuditLog(AuditLog):
                 raise self._unavailable("cannot start the producer", exc) from exc
             self._producer = producer
         return self._producer
+
+    def _on_error(self, error: RdKafkaError) -> None:
+        _on_error(error)
+        if error.code() == RdKafkaError._ALL_BROKERS_DOWN:
+            self._down = error.str()
+
+    def ping(self) -> None:
+        """Serve librdkafka's callbacks; LogUnavailable once it said all brokers are down
+        (cleared by the next producer, which the relay makes when it resumes)."""
+        if self._producer is None:
+            return
+        self._producer.poll(0)
+        if self._down is not None:
+            down, self._down = self._down, None
+            self._drop_writer()
+            raise LogUnavailable(f"Kafka log {self.url} is unavailable: {down}")
 
     def _unavailable(self, doing: str, exc: BaseException) -> Exception:
         """librdkafka's errors at this edge: a fatal one (fenced, misconfigured) is
@@ -308,6 +325,7 @@ class KafkaAuditLog(AuditLog):
 
     def _drop_writer(self) -> None:
         self._producer = None  # librdkafka closes it when the object is collected
+        self._down = None
 
     def claim(self) -> None:
         """init_transactions: fence older relays and settle any transaction they left open."""

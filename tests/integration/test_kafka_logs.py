@@ -197,7 +197,16 @@ def test_a_stopped_broker_is_a_structured_retriable_wait_and_nothing_is_lost(
         with engine.begin() as conn:  # the relay must now try to append
             outbox.record(conn, good_change(5))
         written = datetime.now(UTC)
-        # the backend's own part: a retriable error within 5 s, from append and tail
+        # the backend's own part: a retriable error within 5 s, from ping, append, tail
+
+        def ping_fails() -> bool:
+            try:
+                direct.ping()
+            except LogUnavailable:
+                return True
+            return False
+
+        wait_for(ping_fails, 5, "ping to notice the outage")
         started = time.monotonic()
         with pytest.raises(LogUnavailable) as raised:
             direct.append(chain_entries(direct.chain_id, 1), after_sequence=0)
