@@ -101,13 +101,12 @@ def make_engine(url: str, read_only: bool = False) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.get_driver_name() != "psycopg":
             parsed = parsed.set(drivername="postgresql+psycopg")
+        # lets operators (and tests) see which process holds the relay lease
+        connect_args = {"application_name": f"flagtrail-{os.getpid()}"}
+        if read_only:  # a reader's transactions cannot write, whatever it runs
+            connect_args["options"] = "-c default_transaction_read_only=on"
         return create_engine(
-            parsed,
-            pool_pre_ping=True,
-            pool_size=10,
-            max_overflow=20,
-            # lets operators (and tests) see which process holds the relay lease
-            connect_args={"application_name": f"flagtrail-{os.getpid()}"},
+            parsed, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args
         )
     raise ConfigError(
         f"outbox database {parsed.get_backend_name()!r} is not supported: use sqlite or postgresql"

@@ -9,6 +9,7 @@ from flagtrail import settings
 from producers.errors import BackendUnavailable, ConfigError
 from relay.lease import PostgresLease
 from relay.outbox import open_outbox_source
+from relay.outbox.base import Checkpoint, OutboxPosition
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -43,3 +44,20 @@ def test_a_missing_outbox_table_on_postgres_is_a_configuration_error(pg_url: str
     with pytest.raises(ConfigError, match="holds no flagtrail outbox"):
         open_outbox_source(engine, "flag-audit", read_only=True)
     engine.dispose()
+
+
+def test_a_read_only_postgres_outbox_creates_and_changes_nothing(pg_url: str) -> None:
+    reader = settings.make_engine(pg_url, read_only=True)
+    with pytest.raises(ConfigError, match="holds no flagtrail outbox"):
+        open_outbox_source(reader, "flag-audit", read_only=True)
+    writer = settings.make_engine(pg_url)
+    open_outbox_source(writer, "flag-audit")  # the relay creates the schema
+    writer.dispose()
+    source = open_outbox_source(reader, "flag-audit", read_only=True)
+    assert source.backlog().pending == 0
+    with pytest.raises(ConfigError, match="read-only transaction") as raised:
+        source.mark_through(
+            OutboxPosition(1, 1), 1, checkpoint=Checkpoint(1, "0" * 64, OutboxPosition(1, 1))
+        )
+    assert not raised.value.retriable
+    reader.dispose()
