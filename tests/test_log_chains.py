@@ -312,3 +312,14 @@ def test_a_missing_outbox_table_is_a_configuration_error(workdir: Path) -> None:
         source.fetch_pending(None, 10)
     assert not raised.value.retriable
     assert json.dumps(str(raised.value))  # one printable sentence
+
+
+def test_a_folder_or_an_unreadable_file_is_not_an_outage(workdir: Path) -> None:
+    (workdir / "dir.db").mkdir()
+    for read_only in (False, True):
+        with pytest.raises(ConfigError) as raised:
+            open_log(f"sqlite:///{workdir / 'dir.db'}", read_only=read_only)
+        assert not raised.value.retriable
+    engine = settings.make_engine(f"sqlite:///{workdir / 'dir.db'}")
+    with pytest.raises(ConfigError, match="unable to open"):
+        open_outbox_source(engine, "flag-audit")

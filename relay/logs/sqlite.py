@@ -51,7 +51,7 @@ _LEGACY_COLUMNS = "sequence, timestamp_utc, hash, outbox_tx, outbox_id, line"
 _COLUMNS = "sequence, timestamp_utc, hash, outbox_tx, outbox_id, line"
 
 # SQLite errors that an operator fixes by waiting (another process holds the file)
-_TRANSIENT = ("locked", "busy", "disk i/o error", "unable to open database file")
+_TRANSIENT = ("locked", "busy", "disk i/o error")
 
 
 def _entry(row: tuple) -> LogEntry:
@@ -75,14 +75,18 @@ class SQLiteAuditLog(AuditLog):
         else:
             if not self.path.parent.is_dir():
                 raise ConfigError(f"log folder {self.path.parent} does not exist")
+            if self.path.exists() and not self.path.is_file():
+                raise ConfigError(f"log {self.url} is not a file")
             create_private_file(self.path)
             self._db = self._open(path)
 
     # -- opening ------------------------------------------------------------------------
     def _open_read_only(self) -> sqlite3.Connection:
         """``mode=ro``: a reader never creates, migrates or changes the file."""
-        if not self.path.is_file():
+        if not self.path.exists():
             raise ConfigError(f"log {self.url} does not exist")
+        if not self.path.is_file():
+            raise ConfigError(f"log {self.url} is not a file")
         try:
             db = sqlite3.connect(
                 f"file:{quote(str(self.path.resolve()))}?mode=ro",

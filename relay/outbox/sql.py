@@ -24,6 +24,7 @@ _NOT_RETRIABLE = (
     "no such column",
     "permission denied",
     "readonly database",
+    "unable to open database file",
     "read-only transaction",
     "not a database",
     "malformed",
