@@ -87,8 +87,10 @@ class SQLOutboxSource(OutboxSource):
     mark_query: TextClause
 
     def __init__(self, engine: Engine, chain_id: str) -> None:
+        from relay.logs.base import check_chain_id
+
         self.engine = engine
-        self.chain_id = chain_id
+        self.chain_id = check_chain_id(chain_id)
 
     @abstractmethod
     def position_params(self, prefix: str, position: OutboxPosition | None) -> dict[str, Any]:
