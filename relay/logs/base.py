@@ -47,6 +47,13 @@ class AuditLog(ABC):
     def read(self, since: str | None = None, until: str | None = None) -> Iterator[LogEntry]:
         """Entries with since <= timestamp_utc < until (RFC 3339 strings), in chain order."""
 
+    def entry_at(self, sequence: int) -> LogEntry | None:
+        """The entry with this sequence, or None (a scan; backends may index it)."""
+        for entry in self.read():
+            if entry.sequence == sequence:
+                return entry
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -1,0 +1,134 @@
+"""Outbox rows the relay cannot seal: decided here, set aside as ``quarantined`` meta-events.
+
+A row is sealed only when hashing it cannot change what the producer wrote: one
+JSON object, strictly decoded (exact long integers, no lone surrogates), with the
+fields readers rely on, in this chain, and canonical JSON that re-encodes to its
+own bytes. Anything else would either stop the relay for good (a poison pill) or
+put a value in the chain that differs from the one committed. Such a row is
+replaced in the chain by a ``quarantined`` record naming the row, its digest and
+why, never its raw payload (which stays in the outbox for the investigation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from producers.controls import controls_for_meta
+from producers.events import canonical_json, event_record
+from relay.canonical import GENESIS, LineError, fast_parts, strict_record
+from relay.outbox.base import OutboxRow
+
+RELAY_ACTOR = "flagtrail-relay"
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024  # well above the producer's before/after/reason limits
+# actions only the relay writes: a producer row claiming one is not sealed as such
+RELAY_ONLY_ACTIONS = frozenset({"quarantined"})
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+_EVENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_TEXT_FIELDS = ("actor", "role", "flag_key", "environment", "reason", "change_ref")
+_FRAME_HEAD = b'{"prev_hash":"' + GENESIS.encode() + b'",'
+_FRAME_TAIL = b',"hash":"' + GENESIS.encode() + b'"}'
+
+
+class Unsealable(Exception):
+    """Why a row cannot be chained; ``event_id`` when the payload names a readable one."""
+
+    def __init__(self, reason: str, event_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.event_id = event_id
+
+
+def payload_bytes(payload: str | bytes) -> bytes:
+    """The row's bytes; a str with lone surrogates keeps them (surrogatepass) so that
+    its digest and length describe what the database holds."""
+    return payload if isinstance(payload, bytes) else payload.encode("utf-8", "surrogatepass")
+
+
+def decode_row(row: OutboxRow, chain_id: str, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> dict:
+    """The row's record, ready to seal, or Unsealable."""
+    raw = payload_bytes(row.payload)
+    if len(raw) > max_bytes:
+        raise Unsealable(f"payload is {len(raw)} bytes, over the {max_bytes}-byte limit")
+    try:
+        record = strict_record(raw)
+    except LineError as exc:
+        raise Unsealable(f"payload is not a readable record: {exc}") from None
+    event_id = record.get("event_id")
+    readable_id = event_id if isinstance(event_id, str) and _EVENT_ID.fullmatch(event_id) else None
+    problem = _field_problem(record, chain_id) or (
+        None
+        if _reencodes(raw, record)
+        else "payload is not canonical JSON (it does not "
+        "re-encode to its own bytes, so hashing it would change what was committed)"
+    )
+    if problem:
+        raise Unsealable(problem, readable_id)
+    return record
+
+
+def _field_problem(record: dict[str, Any], chain_id: str) -> str | None:
+    for name in ("event_id", "recorded_at", "action", "chain_id"):
+        if not isinstance(record.get(name), str) or not record[name]:
+            return f"field {name!r} is missing or not a non-empty string"
+    if not _EVENT_ID.fullmatch(record["event_id"]):
+        return "field 'event_id' is not a plain identifier"
+    if not _TIMESTAMP.fullmatch(record["recorded_at"]):
+        return "field 'recorded_at' is not an RFC 3339 UTC timestamp with microseconds"
+    try:
+        datetime.fromisoformat(record["recorded_at"])
+    except ValueError:
+        return "field 'recorded_at' is not a real date and time"
+    if record["chain_id"] != chain_id:
+        return f"payload belongs to chain {record['chain_id'][:64]!r}, not {chain_id!r}"
+    if record["action"] in RELAY_ONLY_ACTIONS:
+        return f"action {record['action']!r} is written only by the relay"
+    if "hash" in record or "prev_hash" in record:
+        return "payload carries hash fields that only the relay writes"
+    if not isinstance(record.get("soc2_controls"), list):
+        return "field 'soc2_controls' is missing"
+    for name in _TEXT_FIELDS:
+        if name in record and not isinstance(record[name], str):
+            return f"field {name!r} is not a string"
+    if record.get("approver") is not None and not isinstance(record["approver"], str):
+        return "field 'approver' is not a string"
+    return None
+
+
+def _reencodes(raw: bytes, record: dict[str, Any]) -> bool:
+    """canonical_json(record) == raw: proven with orjson's fast path where it can be
+    (relay.canonical.fast_parts), else by json itself."""
+    if not raw.isascii() or not raw.startswith(b"{") or not raw.endswith(b"}"):
+        return False  # canonical JSON is an ASCII object (ensure_ascii)
+    fast = fast_parts(_FRAME_HEAD + raw[1:-1] + _FRAME_TAIL)
+    if fast is not None and fast[1] == raw:
+        return True
+    return canonical_json(record).encode() == raw
+
+
+def quarantine_record(
+    row: OutboxRow, problem: Unsealable, chain_id: str, now: datetime
+) -> dict[str, Any]:
+    """The chained meta-event that takes the row's place."""
+    raw = payload_bytes(row.payload)
+    where = row.position.encode()
+    return event_record(
+        event_id=str(uuid.uuid4()),
+        chain_id=chain_id,
+        recorded_at=now,
+        action="quarantined",
+        controls=controls_for_meta(),
+        actor=RELAY_ACTOR,
+        reason=f"outbox row {where} could not be sealed: {problem.reason}",
+        meta={
+            "outbox_position": where,
+            "outbox_recorded_at_us": row.recorded_at_us,
+            "event_id": problem.event_id,
+            "payload_sha256": hashlib.sha256(raw).hexdigest(),
+            "payload_bytes": len(raw),
+            "reason": problem.reason,
+        },
+    )
