@@ -12,6 +12,7 @@ why, never its raw payload (which stays in the outbox for the investigation).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from datetime import datetime
@@ -56,7 +57,7 @@ def decode_row(row: OutboxRow, chain_id: str, max_bytes: int = DEFAULT_MAX_PAYLO
     try:
         record = strict_record(raw)
     except LineError as exc:
-        raise Unsealable(f"payload is not a readable record: {exc}") from None
+        raise Unsealable(f"payload is not a readable record: {exc}", _name(raw)) from None
     event_id = record.get("event_id")
     readable_id = event_id if isinstance(event_id, str) and _EVENT_ID.fullmatch(event_id) else None
     problem = _field_problem(record, chain_id) or (
@@ -68,6 +69,17 @@ def decode_row(row: OutboxRow, chain_id: str, max_bytes: int = DEFAULT_MAX_PAYLO
     if problem:
         raise Unsealable(problem, readable_id)
     return record
+
+
+def _name(raw: bytes) -> str | None:
+    """The event_id of a payload strict_record refused, when a lenient read finds a plain
+    one: it only names the row in the quarantine record, nothing of it is sealed."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    event_id = value.get("event_id") if isinstance(value, dict) else None
+    return event_id if isinstance(event_id, str) and _EVENT_ID.fullmatch(event_id) else None
 
 
 def _field_problem(record: dict[str, Any], chain_id: str) -> str | None:
