@@ -18,9 +18,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from producers.controls import controls_for_meta
 from producers.events import canonical_json, event_record
-from relay.canonical import GENESIS, LineError, fast_parts, strict_record
+from relay.canonical import LineError, strict_record
 from relay.outbox.base import OutboxRow
 
 RELAY_ACTOR = "flagtrail-relay"
@@ -30,8 +32,9 @@ RELAY_ONLY_ACTIONS = frozenset({"quarantined"})
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 _EVENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TEXT_FIELDS = ("actor", "role", "flag_key", "environment", "reason", "change_ref")
-_FRAME_HEAD = b'{"prev_hash":"' + GENESIS.encode() + b'",'
-_FRAME_TAIL = b',"hash":"' + GENESIS.encode() + b'"}'
+# the two float shapes where orjson and json differ (see relay.canonical.fast_parts)
+_ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_FLOAT_NOT_LIKE_JSON = re.compile(rb"[:\[,]-?(?:\d+(?:\.\d+)?e[-+]|0\.0000)")
 
 
 class Unsealable(Exception):
@@ -49,8 +52,11 @@ def payload_bytes(payload: str | bytes) -> bytes:
     return payload if isinstance(payload, bytes) else payload.encode("utf-8", "surrogatepass")
 
 
-def decode_row(row: OutboxRow, chain_id: str, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> dict:
-    """The row's record, ready to seal, or Unsealable."""
+def decode_row(
+    row: OutboxRow, chain_id: str, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> tuple[dict[str, Any], bool]:
+    """The row's record, ready to seal, and whether orjson may seal it (see
+    _canonical_by); or Unsealable."""
     raw = payload_bytes(row.payload)
     if len(raw) > max_bytes:
         raise Unsealable(f"payload is {len(raw)} bytes, over the {max_bytes}-byte limit")
@@ -60,15 +66,16 @@ def decode_row(row: OutboxRow, chain_id: str, max_bytes: int = DEFAULT_MAX_PAYLO
         raise Unsealable(f"payload is not a readable record: {exc}", _name(raw)) from None
     event_id = record.get("event_id")
     readable_id = event_id if isinstance(event_id, str) and _EVENT_ID.fullmatch(event_id) else None
-    problem = _field_problem(record, chain_id) or (
-        None
-        if _reencodes(raw, record)
-        else "payload is not canonical JSON (it does not "
-        "re-encode to its own bytes, so hashing it would change what was committed)"
-    )
+    problem = _field_problem(record, chain_id)
+    proof = None if problem else _canonical_by(raw, record)
+    if problem is None and proof is None:
+        problem = (
+            "payload is not canonical JSON (it does not re-encode to its own bytes, so "
+            "hashing it would change what was committed)"
+        )
     if problem:
         raise Unsealable(problem, readable_id)
-    return record
+    return record, proof == "orjson"
 
 
 def _name(raw: bytes) -> str | None:
@@ -110,15 +117,28 @@ def _field_problem(record: dict[str, Any], chain_id: str) -> str | None:
     return None
 
 
-def _reencodes(raw: bytes, record: dict[str, Any]) -> bool:
-    """canonical_json(record) == raw: proven with orjson's fast path where it can be
-    (relay.canonical.fast_parts), else by json itself."""
-    if not raw.isascii() or not raw.startswith(b"{") or not raw.endswith(b"}"):
-        return False  # canonical JSON is an ASCII object (ensure_ascii)
-    fast = fast_parts(_FRAME_HEAD + raw[1:-1] + _FRAME_TAIL)
-    if fast is not None and fast[1] == raw:
-        return True
-    return canonical_json(record).encode() == raw
+def _canonical_by(raw: bytes, record: dict[str, Any]) -> str | None:
+    """How canonical_json(record) == raw was proven: "orjson" where that is sound,
+    "json" by json itself, or None when the payload is not canonical.
+
+    orjson's sorted output equals json's for ASCII text without DEL and without
+    the two float shapes they write differently (the argument of
+    relay.canonical.fast_parts); big integers make orjson refuse, so json decides.
+    A record proven by orjson stays orjson-safe when the relay adds plain ASCII
+    strings and integers to it, so the relay may seal it with orjson too.
+    """
+    if not raw.isascii() or b"\x7f" in raw:
+        return None  # canonical JSON is ASCII and escapes DEL (ensure_ascii)
+    if not (
+        (b"0e-" in raw.translate(_ZERO_DIGITS) or b"0.0000" in raw)
+        and _FLOAT_NOT_LIKE_JSON.search(raw)
+    ):
+        try:
+            if orjson.dumps(record, option=orjson.OPT_SORT_KEYS) == raw:
+                return "orjson"
+        except orjson.JSONEncodeError:
+            pass
+    return "json" if canonical_json(record).encode() == raw else None
 
 
 def quarantine_record(

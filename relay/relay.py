@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import structlog
 
 from producers.controls import controls_for_meta
 from producers.errors import FlagtrailError
 from producers.events import event_record, format_timestamp, parse_timestamp, utc_now
-from relay.canonical import GENESIS, LineError, chain_hash, line_parts, seal
+from relay.canonical import GENESIS, LineError, chain_hash, frame_line, line_parts, seal
 from relay.lease import Lease
 from relay.logs.base import AuditLog, ChainConflict, LogEntry
 from relay.outbox.base import Backlog, Checkpoint, OutboxPosition, OutboxRow, OutboxSource
@@ -88,8 +89,19 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def seal_orjson(record: dict[str, Any], prev_hash: str) -> tuple[str, str]:
+    """relay.canonical.seal for a record proven orjson-safe (relay.quarantine.decode_row):
+    the same bytes as json's canonical encoding, several times faster."""
+    payload = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
+    record_hash = chain_hash(prev_hash, payload)
+    return record_hash, frame_line(prev_hash, payload, record_hash)
+
+
 def seal_records(
-    head: ChainHead, items: list[tuple[dict[str, Any], OutboxPosition | None]], relayed_at: str
+    head: ChainHead,
+    items: list[tuple[dict[str, Any], OutboxPosition | None]],
+    relayed_at: str,
+    orjson_safe: list[bool] | None = None,
 ) -> list[LogEntry]:
     """Chain records after ``head``: sequence, bounded timestamp_utc, prev_hash, hash.
 
@@ -101,11 +113,12 @@ def seal_records(
     A ``sentinel_rotation`` links to the record before it like any other record
     (GENESIS only when the log is empty) and names that record in
     ``meta.previous_sequence``/``previous_hash``; the relay writes both, whatever
-    the outbox row said.
+    the outbox row said. ``orjson_safe[i]`` says item i may be sealed with orjson.
     """
     entries: list[LogEntry] = []
     prev, sequence, stamp = head.record_hash, head.sequence, head.timestamp_utc
-    for record, position in items:
+    safe = orjson_safe or [False] * len(items)
+    for (record, position), fast in zip(items, safe, strict=True):
         sequence += 1
         recorded_at = record["recorded_at"]  # both strings share one fixed layout
         stamp = max(stamp, recorded_at if recorded_at < relayed_at else relayed_at)
@@ -118,7 +131,7 @@ def seal_records(
                 "previous_sequence": sequence - 1,
                 "previous_hash": prev,
             }
-        prev, line = seal(record, prev)
+        prev, line = seal_orjson(record, prev) if fast else seal(record, prev)
         entries.append(LogEntry(sequence, stamp, prev, line, position))
     return entries
 
@@ -282,8 +295,9 @@ class Relay:
         self.head = ChainHead.of(entry)
         self.observer.rotated(record)
 
-    def _prepare(self, row: OutboxRow, now: datetime) -> dict[str, Any]:
-        """The row's record, or the quarantine record that takes its place."""
+    def _prepare(self, row: OutboxRow, now: datetime) -> tuple[dict[str, Any], bool]:
+        """The row's record, or the quarantine record that takes its place (and whether
+        orjson may seal it)."""
         try:
             return decode_row(row, self.source.chain_id, self.max_payload_bytes)
         except Unsealable as problem:
@@ -296,7 +310,7 @@ class Relay:
                 payload_sha256=record["meta"]["payload_sha256"],
                 reason=problem.reason,
             )
-            return record
+            return record, False
 
     def relay_batch(self) -> BatchResult | None:
         started = time.perf_counter()
@@ -306,8 +320,9 @@ class Relay:
             return None
         now = utc_now()
         relayed_at = format_timestamp(now)
-        items = [(self._prepare(row, now), row.position) for row in rows]
-        entries = seal_records(self.head, items, relayed_at)
+        prepared = [self._prepare(row, now) for row in rows]
+        items = [(record, row.position) for (record, _), row in zip(prepared, rows, strict=True)]
+        entries = seal_records(self.head, items, relayed_at, [fast for _, fast in prepared])
         self._stage = "log"
         try:
             self.log.append(entries, after_sequence=self.head.sequence)
