@@ -64,8 +64,6 @@ def decode_row(
         record = strict_record(raw)
     except LineError as exc:
         raise Unsealable(f"payload is not a readable record: {exc}", _name(raw)) from None
-    event_id = record.get("event_id")
-    readable_id = event_id if isinstance(event_id, str) and _EVENT_ID.fullmatch(event_id) else None
     problem = _field_problem(record, chain_id)
     proof = None if problem else _canonical_by(raw, record)
     if problem is None and proof is None:
@@ -74,7 +72,9 @@ def decode_row(
             "hashing it would change what was committed)"
         )
     if problem:
-        raise Unsealable(problem, readable_id)
+        event_id = record.get("event_id")
+        readable = isinstance(event_id, str) and _EVENT_ID.fullmatch(event_id)
+        raise Unsealable(problem, event_id if readable else None)
     return record, proof == "orjson"
 
 
@@ -105,7 +105,12 @@ def _field_problem(record: dict[str, Any], chain_id: str) -> str | None:
         and type(get("soc2_controls")) is list
         and "hash" not in record
         and "prev_hash" not in record
-        and all(type(get(name, "")) is str for name in _TEXT_FIELDS)
+        and type(get("actor", "")) is str
+        and type(get("role", "")) is str
+        and type(get("flag_key", "")) is str
+        and type(get("environment", "")) is str
+        and type(get("reason", "")) is str
+        and type(get("change_ref", "")) is str
         and type(get("approver") or "") is str
     ):
         try:

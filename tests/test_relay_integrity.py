@@ -10,6 +10,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from flagtrail import settings
@@ -19,7 +22,9 @@ from relay.canonical import seal
 from relay.logs import open_log
 from relay.metrics import RelayMetrics
 from relay.outbox import open_outbox_source
-from relay.relay import Relay
+from relay.outbox.base import OutboxPosition, OutboxRow
+from relay.quarantine import decode_row
+from relay.relay import ChainHead, Relay, seal_records
 from relay.verify import verify_export
 from tests.conftest import SteppingClock, run_cli
 from tests.contracts import good_change
@@ -348,3 +353,30 @@ def test_a_producer_clock_behind_keeps_its_time_and_never_moves_stamps_back(
     records = log_records()
     assert [r["timestamp_utc"] for r in records] == [r["recorded_at"] for r in records]
     assert sample(relay_in_process(), "flagtrail_producer_clock_skew_total") == 0
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+@given(before=json_values, after=json_values, reason=st.text(max_size=20))
+@hypothesis_settings(max_examples=300, deadline=None)
+def test_rows_sealed_with_orjson_get_the_bytes_json_would_give(before, after, reason) -> None:
+    record = good_record(1, before=before, after=after, reason=reason)
+    row = OutboxRow(OutboxPosition(0, 1), 0, canonical_json(record))
+    decoded, fast = decode_row(row, CHAIN)
+    assert canonical_json(decoded) == row.payload  # nothing a value could change
+    relayed_at = "2026-11-27T10:00:00.000000Z"
+    head = ChainHead(41, "ab" * 32, "2026-11-27T09:00:00.000000Z", None)
+    quick = seal_records(head, [(dict(decoded), None)], relayed_at, [fast])
+    exact = seal_records(head, [(dict(decoded), None)], relayed_at, [False])
+    assert quick == exact
