@@ -3,7 +3,8 @@
 A gap is evidence that may be late or missing: a relay outage (events that
 reached the log long after they were recorded), a silence (no events for
 longer than expected), a sequence jump, an automatic or unsigned sentinel
-rotation, or a producer clock running ahead of the relay's (clock_skew). An operator
+rotation, a producer clock running ahead of the relay's (clock_skew), or an
+outbox row the relay could not seal (quarantined). An operator
 documents a gap with a signed ``gap_documented`` meta-event; a gap counts as
 documented when such a statement's time range covers it.
 """
@@ -23,7 +24,7 @@ DEFAULT_CLOCK_SKEW_TOLERANCE_S = 5.0
 
 @dataclass
 class Gap:
-    kind: str  # relay_outage | silence | sequence_jump | rotation | clock_skew
+    kind: str  # relay_outage | silence | sequence_jump | rotation | clock_skew | quarantined
     start: str
     end: str
     detail: str
@@ -76,6 +77,18 @@ class GapFinder:
             self.note_statement(record)
         if action == "sentinel_rotation":
             self.gaps.append(_rotation_gap(record, sequence, stamp))
+        if action == "quarantined":  # a change whose evidence is not in the chain
+            meta = record.get("meta") or {}
+            self.gaps.append(
+                Gap(
+                    "quarantined",
+                    stamp,
+                    stamp,
+                    f"outbox row {meta.get('outbox_position')} could not be sealed: "
+                    f"{meta.get('reason')}",
+                    sequence,
+                )
+            )
         if previous is not None:
             if sequence != previous["sequence"] + 1:
                 self.gaps.append(

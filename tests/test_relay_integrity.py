@@ -289,6 +289,10 @@ def test_rows_the_relay_cannot_seal_are_quarantined_and_the_rows_after_them_flow
     paths, _ = export_today(workdir, rsa_keys)
     assert verify_export(paths.jsonl).ok
     assert "Chain intact" in seed_snippet(paths.jsonl)
+    scan = gap_scan(workdir, "--fail-on-undocumented")  # evidence an auditor must hear of
+    assert scan.returncode == 1
+    findings = [line for line in scan.stdout.splitlines() if line.startswith("quarantined ")]
+    assert len(findings) == len(POISON), scan.stdout
 
 
 def test_gap_scan_and_drift_report_an_unreadable_log_line_without_crashing(
