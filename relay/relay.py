@@ -460,7 +460,7 @@ class Relay:
                     "relay.waiting",
                     chain=self.source.chain_id,
                     kind=self._stage,
-                    cause=f"{self._stage}: {type(exc).__name__}: {str(exc)[:300]}",
+                    cause=_cause(self._stage, exc),
                     attempt=failures,
                     retry_in_s=round(delay, 2),
                 )
@@ -472,3 +472,10 @@ class Relay:
             log.info("relay.recovered", chain=self.source.chain_id, after_attempts=failures)
         self.observer.heartbeat(True)
         return 0
+
+
+def _cause(stage: str, exc: Exception) -> str:
+    """One line naming the backend and the driver's own error (SQLAlchemy wraps it)."""
+    error = getattr(exc, "orig", None) or exc
+    detail = (str(error).strip().splitlines() or [""])[0]
+    return f"{stage}: {type(error).__name__}: {detail[:300]}"
