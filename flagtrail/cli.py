@@ -186,7 +186,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
     if port:
         from relay.metrics import RelayMetrics, serve
 
-        relay.observer = RelayMetrics(relay.source.chain_id)
+        relay.observer = RelayMetrics(relay.source.chain_id, None, args.clock_skew_tolerance)
         try:
             server = serve(relay.observer, int(port), args.metrics_host)
         except (OSError, ValueError) as exc:

@@ -21,7 +21,7 @@ from prometheus_client import (
 )
 
 from producers.events import FLAG_ACTIONS, META_ACTIONS, parse_timestamp
-from relay.gaps import GapFinder
+from relay.gaps import DEFAULT_CLOCK_SKEW_TOLERANCE_S, GapFinder
 from relay.outbox.base import Backlog
 from relay.relay import BatchResult, ChainHead, RelayObserver
 
@@ -46,7 +46,12 @@ def _bounded(value: object, allowed: frozenset[str]) -> str:
 
 
 class RelayMetrics(RelayObserver):
-    def __init__(self, chain_id: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        chain_id: str,
+        registry: CollectorRegistry | None = None,
+        clock_skew_tolerance_s: float = DEFAULT_CLOCK_SKEW_TOLERANCE_S,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         labels = {"registry": self.registry}
         self.chain_id = chain_id
@@ -131,7 +136,7 @@ class RelayMetrics(RelayObserver):
             "statement covers yet",
             **labels,
         )
-        self._gaps = GapFinder()
+        self._gaps = GapFinder(clock_skew_tolerance_s=clock_skew_tolerance_s)
         self.active = Gauge(
             "flagtrail_relay_active", "1 while this instance writes the chain", **labels
         )
