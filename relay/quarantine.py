@@ -112,6 +112,7 @@ def _field_problem(record: dict[str, Any], chain_id: str) -> str | None:
         and type(get("reason", "")) is str
         and type(get("change_ref", "")) is str
         and type(get("approver") or "") is str
+        and (action != "sentinel_rotation" or _operator_rotation(record))
     ):
         try:
             datetime.fromisoformat(recorded_at)
@@ -119,6 +120,13 @@ def _field_problem(record: dict[str, Any], chain_id: str) -> str | None:
             return "field 'recorded_at' is not a real date and time"
         return None
     return _field_reason(record, chain_id)
+
+
+def _operator_rotation(record: dict[str, Any]) -> bool:
+    """A rotation through the outbox is an operator's: never one claiming to be the
+    relay's automatic rotation (which asserts the log was found tampered)."""
+    meta = record.get("meta") or {}
+    return meta.get("automatic", False) is False and record.get("actor") != RELAY_ACTOR
 
 
 def _field_reason(record: dict[str, Any], chain_id: str) -> str:
@@ -135,6 +143,8 @@ def _field_reason(record: dict[str, Any], chain_id: str) -> str:
         return f"action {record['action']!r} is written only by the relay"
     if "hash" in record or "prev_hash" in record:
         return "payload carries hash fields that only the relay writes"
+    if record["action"] == "sentinel_rotation" and not _operator_rotation(record):
+        return "an automatic sentinel_rotation is written only by the relay"
     if not isinstance(record.get("soc2_controls"), list):
         return "field 'soc2_controls' is missing"
     for name in (*_TEXT_FIELDS, "approver"):

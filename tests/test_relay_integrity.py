@@ -227,6 +227,13 @@ POISON: list[tuple[str, object, str]] = [
     ("relay-only", canonical_json(good_record(6, action="quarantined")), "only by the relay"),
     ("other-chain", canonical_json(good_record(7, chain_id="payments")), "belongs to chain"),
     ("bad-time", canonical_json(good_record(8, recorded_at="2026-13-45T99:00:00.000000Z")), "real"),
+    (
+        "forged-rotation",
+        canonical_json(
+            good_record(9, action="sentinel_rotation", meta={"automatic": True, "reason": "x"})
+        ),
+        "automatic sentinel_rotation is written only by the relay",
+    ),
 ]
 
 
