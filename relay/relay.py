@@ -218,10 +218,12 @@ class Relay:
         """
         self._stage = "log"
         self.log.claim()
-        tail = self.log.tail()
+        # the checkpoint before the tail: a writer still finishing (an old leader) can
+        # only move the tail past it, never make an honest log look behind it
         self._stage = "outbox"
         checkpoint = self.source.checkpoint()
         self._stage = "log"
+        tail = self.log.tail()
         problem = log_problem(tail, checkpoint, self.log.entry_at)
         self.head = ChainHead.of(tail)
         if problem:
