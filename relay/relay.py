@@ -10,6 +10,7 @@ outbox position, so rows up to it are marked, never appended twice.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -23,7 +24,15 @@ import structlog
 from producers.controls import controls_for_meta
 from producers.errors import FlagtrailError
 from producers.events import event_record, format_timestamp, parse_timestamp, utc_now
-from relay.canonical import GENESIS, LineError, chain_hash, frame_line, line_parts, seal
+from relay.canonical import (
+    GENESIS,
+    LineError,
+    chain_hash,
+    frame_line,
+    line_parts,
+    seal,
+    strict_record,
+)
 from relay.lease import Lease
 from relay.logs.base import AuditLog, ChainConflict, LogEntry
 from relay.outbox.base import Backlog, Checkpoint, OutboxPosition, OutboxRow, OutboxSource
@@ -39,6 +48,7 @@ from relay.quarantine import (
 log = structlog.get_logger("flagtrail.relay")
 
 DEFAULT_CLOCK_SKEW_TOLERANCE_S = 5.0
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # a forged hash column must not reach a line's framing
 
 
 @dataclass(frozen=True)
@@ -137,13 +147,21 @@ def seal_records(
 
 
 def entry_problem(entry: LogEntry, what: str) -> str | None:
-    """Why a log entry's line does not carry the hash the log indexes it by, if it does not."""
+    """Why a log entry cannot be trusted, if it cannot: its line fails its hash, or the
+    sequence, hash or time the log indexes it by (not covered by the hash, and what
+    the relay continues from) differ from the line's."""
     try:
         prev, payload, digest = line_parts(entry.line.encode())
+        record = strict_record(payload)
     except LineError as exc:
         return f"{what} (sequence {entry.sequence}) is unreadable: {exc}"
     if digest != entry.record_hash or chain_hash(prev, payload.decode()) != digest:
         return f"{what} (sequence {entry.sequence}) fails its hash"
+    if (record.get("sequence"), record.get("timestamp_utc")) != (
+        entry.sequence,
+        entry.timestamp_utc,
+    ):
+        return f"{what} (sequence {entry.sequence}) is indexed unlike its own line"
     return None
 
 
@@ -183,6 +201,12 @@ def log_problem(
             f"the record at sequence {checkpoint.sequence} has hash "
             f"{_short(entry.record_hash)}, not {_short(checkpoint.record_hash)} as relayed: "
             "the log was edited or replaced"
+        )
+    if entry.position != checkpoint.position:  # what the relay would mark through
+        return (
+            f"the record at sequence {checkpoint.sequence} names outbox position "
+            f"{entry.position.encode() if entry.position else None}, not "
+            f"{checkpoint.position.encode()} as relayed: the log was edited"
         )
     return entry_problem(entry, "the last record this relay committed")
 
@@ -280,7 +304,7 @@ class Relay:
         # a forged tail stamped in the future must not hold every later stamp hostage
         start = ChainHead(
             tail.sequence if tail else 0,
-            tail.record_hash if tail else GENESIS,
+            tail.record_hash if tail and _HEX64.fullmatch(tail.record_hash) else GENESIS,
             min(tail.timestamp_utc, relayed_at) if tail else "",
             position,
         )

@@ -174,6 +174,27 @@ def test_a_log_replaced_by_another_chains_file_is_not_continued(
     assert sample(metrics, "flagtrail_chain_verification_failures_total") == 1
 
 
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("timestamp_utc", "9999-12-31T00:00:00.000000Z"),  # would hold every later stamp
+        ("outbox_id", 10**9),  # would mark every pending row relayed without relaying it
+    ],
+)
+def test_the_tails_index_columns_are_checked_against_its_line(
+    workdir: Path, column: str, value: object
+) -> None:
+    record_changes(workdir, 2)
+    relay_in_process()
+    tamper(f"UPDATE audit_log SET {column} = ? WHERE sequence = 2", value)
+    record_changes(workdir, 2, start=2)
+    relay_in_process()
+    records = log_records()
+    assert records[2]["action"] == "sentinel_rotation"
+    assert [r["flag_key"] for r in records[3:]] == ["flag-2", "flag-3"]  # nothing skipped
+    assert all(r["timestamp_utc"].startswith(today()) for r in records)
+
+
 def test_a_healthy_restart_is_not_a_rotation(workdir: Path) -> None:
     record_changes(workdir, 2)
     relay_in_process()
