@@ -52,6 +52,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be zero or more seconds")
+    return value
+
+
 def _add_backends(parser: argparse.ArgumentParser, outbox: bool = True, log: bool = True) -> None:
     if outbox:
         parser.add_argument(
@@ -149,7 +159,13 @@ def _relay(args: argparse.Namespace):  # -> relay.relay.Relay
     engine = settings.make_engine(settings.outbox_url(args.outbox_url))
     source = open_outbox_source(engine, settings.chain_id(args.chain))
     audit_log = open_log(settings.log_url(args.log_url), source.chain_id)
-    return Relay(source, audit_log, batch_size=args.batch_size)
+    return Relay(
+        source,
+        audit_log,
+        batch_size=args.batch_size,
+        clock_skew_tolerance_s=args.clock_skew_tolerance,
+        max_payload_bytes=args.max_payload_bytes,
+    )
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
@@ -170,7 +186,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
     if port:
         from relay.metrics import RelayMetrics, serve
 
-        relay.observer = RelayMetrics(relay.source.chain_id)
+        relay.observer = RelayMetrics(relay.source.chain_id, None, args.clock_skew_tolerance)
         try:
             server = serve(relay.observer, int(port), args.metrics_host)
         except (OSError, ValueError) as exc:
@@ -302,26 +318,33 @@ def cmd_gap_document(args: argparse.Namespace) -> int:
 
 
 def cmd_gap_scan(args: argparse.Namespace) -> int:
-    import orjson
-
     from flagtrail import settings
+    from relay.canonical import LineError, strict_record
     from relay.export import window_bounds
     from relay.gaps import GapFinder
     from relay.logs import open_log
 
     since, until = window_bounds(args.start, args.end)
     finder = GapFinder(
-        args.lag_threshold, args.silence_threshold * 3600 if args.silence_threshold else None
+        args.lag_threshold,
+        args.silence_threshold * 3600 if args.silence_threshold else None,
+        args.clock_skew_tolerance,
     )
+    unreadable = []  # a bad line is reported and the scan goes on: it must not hide gaps
     with open_log(
         settings.log_url(args.log_url), settings.chain_id(args.chain), read_only=True
     ) as audit_log:
         for entry in audit_log.read(since, until):
-            finder.add(orjson.loads(entry.line))
+            try:
+                finder.add(strict_record(entry.line))
+            except LineError as exc:
+                unreadable.append(f"log record at sequence {entry.sequence} is unreadable: {exc}")
         finder.note_statements_after(audit_log, until)
     gaps = finder.result()
-    if not gaps:
+    if not gaps and not unreadable:
         print(f"no suspicious gaps between {since} and {until}")
+    for problem in unreadable:
+        print(f"{'unreadable':14} {problem}")
     for gap in gaps:
         state = f"documented by {gap.documented_by}" if gap.documented_by else "UNDOCUMENTED"
         print(
@@ -334,6 +357,9 @@ def cmd_gap_scan(args: argparse.Namespace) -> int:
             f"{len(undocumented)} undocumented: document each with `flagtrail gap document "
             "--from T --to T --reason … --author …`"
         )
+    if unreadable:
+        print(f"{len(unreadable)} unreadable record(s): the log is damaged (`flagtrail verify`)")
+        return 1
     return 1 if undocumented and args.fail_on_undocumented else 0
 
 
@@ -462,6 +488,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds to wait for new rows between polls (default 1)",
     )
+    p.add_argument(
+        "--clock-skew-tolerance",
+        type=_seconds,
+        default=os.environ.get("FLAGTRAIL_CLOCK_SKEW_TOLERANCE_S", "5"),
+        help="seconds a producer's recorded_at may run ahead of the relay's clock before "
+        "it is flagged [env FLAGTRAIL_CLOCK_SKEW_TOLERANCE_S, default 5]",
+    )
+    p.add_argument(
+        "--max-payload-bytes",
+        type=_positive,
+        default=os.environ.get("FLAGTRAIL_MAX_PAYLOAD_BYTES", str(256 * 1024)),
+        help="outbox payloads larger than this are quarantined, not sealed "
+        "[env FLAGTRAIL_MAX_PAYLOAD_BYTES, default 262144]",
+    )
     _add_backends(p)
     p.set_defaults(func=cmd_relay)
 
@@ -543,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-on-undocumented",
         action="store_true",
         help="exit 1 when a gap is undocumented (for CI and alerting)",
+    )
+    p.add_argument(
+        "--clock-skew-tolerance",
+        type=_seconds,
+        default=5.0,
+        help="seconds a producer's recorded_at may run ahead of the relay's clock (5)",
     )
     _add_backends(p, outbox=False)
     p.set_defaults(func=cmd_gap_scan)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from producers.errors import EvidenceError
+from relay.canonical import LineError, strict_record
 from relay.export import window_bounds
 from relay.logs.base import AuditLog
 
@@ -26,8 +28,20 @@ class DriftReport:
 
 
 def count_window(audit_log: AuditLog, start: date, end: date) -> int:
+    """Records in the window, each decoded strictly: a count that includes a line no
+    reader can use would hide a broken log behind a normal-looking number."""
     since, until = window_bounds(start, end)
-    return sum(1 for _ in audit_log.read(since, until))
+    count = 0
+    for entry in audit_log.read(since, until):
+        try:
+            strict_record(entry.line)
+        except LineError as exc:
+            raise EvidenceError(
+                f"log record at sequence {entry.sequence} is unreadable ({exc}): the log is "
+                "damaged; run `flagtrail verify` on an export of this window"
+            ) from None
+        count += 1
+    return count
 
 
 def check_drift(audit_log: AuditLog, as_of: date, weeks: int, threshold: float) -> DriftReport:

@@ -2,7 +2,9 @@
 
 A gap is evidence that may be late or missing: a relay outage (events that
 reached the log long after they were recorded), a silence (no events for
-longer than expected), a sequence jump, or a sentinel rotation. An operator
+longer than expected), a sequence jump, an automatic or unsigned sentinel
+rotation, a producer clock running ahead of the relay's (clock_skew), or an
+outbox row the relay could not seal (quarantined). An operator
 documents a gap with a signed ``gap_documented`` meta-event; a gap counts as
 documented when such a statement's time range covers it.
 """
@@ -12,17 +14,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import orjson
-
 from producers.events import parse_timestamp
+from relay.canonical import LineError, strict_record
 from relay.logs.base import AuditLog
 
 DEFAULT_LAG_THRESHOLD_S = 300.0
+DEFAULT_CLOCK_SKEW_TOLERANCE_S = 5.0
 
 
 @dataclass
 class Gap:
-    kind: str  # relay_outage | silence | sequence_jump | rotation
+    kind: str  # relay_outage | silence | sequence_jump | rotation | clock_skew | quarantined
     start: str
     end: str
     detail: str
@@ -33,33 +35,58 @@ class Gap:
         return asdict(self)
 
 
+def _text(record: dict[str, Any], name: str) -> str:
+    value = record.get(name)
+    if not isinstance(value, str):
+        raise LineError(f"field {name!r} is missing or not a string")
+    try:
+        parse_timestamp(value)
+    except ValueError:
+        raise LineError(f"field {name!r} is not a timestamp") from None
+    return value
+
+
 @dataclass
 class GapFinder:
-    """Fed records in chain order; keeps only what the gaps need (streaming)."""
+    """Fed records in chain order; keeps only what the gaps need (streaming).
+
+    ``add`` takes a record as ``relay.canonical.strict_record`` decoded it and
+    raises LineError (never anything else) when a field a gap needs is unusable.
+    """
 
     lag_threshold_s: float = DEFAULT_LAG_THRESHOLD_S
     silence_threshold_s: float | None = None
+    clock_skew_tolerance_s: float = DEFAULT_CLOCK_SKEW_TOLERANCE_S
     gaps: list[Gap] = field(default_factory=list)
     statements: list[dict[str, Any]] = field(default_factory=list)
     _previous: dict[str, Any] | None = None
     _outage: Gap | None = None
+    _skew: Gap | None = None
+    _skewed: int = 0
 
     def add(self, record: dict[str, Any]) -> None:
-        action, sequence, stamp = record.get("action"), record["sequence"], record["timestamp_utc"]
+        action, sequence = record.get("action"), record.get("sequence")
+        if not isinstance(sequence, int) or isinstance(sequence, bool):
+            raise LineError("field 'sequence' is missing or not an integer")
+        stamp = _text(record, "timestamp_utc")
+        _text(record, "recorded_at")
+        if record.get("relayed_at") is not None:
+            _text(record, "relayed_at")
         previous = self._previous
         if action == "gap_documented":
             self.note_statement(record)
         if action == "sentinel_rotation":
+            self.gaps.append(_rotation_gap(record, sequence, stamp))
+        if action == "quarantined":  # a change whose evidence is not in the chain
             meta = record.get("meta") or {}
             self.gaps.append(
                 Gap(
-                    "rotation",
+                    "quarantined",
                     stamp,
                     stamp,
-                    f"chain restarted from GENESIS: {meta.get('reason', '')}",
+                    f"outbox row {meta.get('outbox_position')} could not be sealed: "
+                    f"{meta.get('reason')}",
                     sequence,
-                    # a rotation documents itself: it says why and names the old head
-                    documented_by=record.get("event_id"),
                 )
             )
         if previous is not None:
@@ -85,7 +112,28 @@ class GapFinder:
                     )
                 )
         self._note_delay(record, sequence)
+        self._note_skew(record, sequence, stamp)
         self._previous = {"sequence": sequence, "timestamp_utc": stamp}
+
+    def _note_skew(self, record: dict[str, Any], sequence: int, stamp: str) -> None:
+        """A producer clock ahead of the relay's (recorded_at after relayed_at): the
+        relay bounded the stamp, but the producer's host needs its clock fixed.
+        Consecutive skewed events make one finding."""
+        relayed_at = record.get("relayed_at")
+        ahead = _seconds(relayed_at, record["recorded_at"]) if isinstance(relayed_at, str) else 0
+        if ahead <= self.clock_skew_tolerance_s:
+            self._skew = None
+            return
+        if self._skew is None:
+            self._skew, self._skewed = Gap("clock_skew", stamp, stamp, "", sequence), 0
+            self.gaps.append(self._skew)
+        self._skewed += 1
+        self._skew.end = stamp
+        self._skew.detail = (
+            f"{self._skewed} event(s) recorded by a producer clock up to {ahead:.0f} s ahead "
+            f"of the relay's (tolerance {self.clock_skew_tolerance_s:g} s); last recorded_at "
+            f"{record['recorded_at']}"
+        )
 
     def _note_delay(self, record: dict[str, Any], sequence: int) -> None:
         relayed_at = record.get("relayed_at")
@@ -111,7 +159,7 @@ class GapFinder:
 
     def note_statement(self, record: dict[str, Any]) -> None:
         meta = record.get("meta") or {}
-        if meta.get("from") and meta.get("to"):
+        if isinstance(meta.get("from"), str) and isinstance(meta.get("to"), str):
             self.statements.append({"event_id": record.get("event_id"), **meta})
 
     def note_statements_after(self, audit_log: AuditLog, until: str) -> None:
@@ -119,7 +167,10 @@ class GapFinder:
         holds from ``until`` on."""
         for entry in audit_log.read(until, None):
             if '"action":"gap_documented"' in entry.line:
-                self.note_statement(orjson.loads(entry.line))
+                try:
+                    self.note_statement(strict_record(entry.line))
+                except LineError:  # an unreadable statement documents nothing
+                    continue
 
     def result(self) -> list[Gap]:
         for gap in self.gaps:
@@ -130,6 +181,25 @@ class GapFinder:
                     gap.documented_by = statement["event_id"]
                     break
         return self.gaps
+
+
+def _rotation_gap(record: dict[str, Any], sequence: int, stamp: str) -> Gap:
+    """A new epoch. An operator's signed rotation documents itself (it says why and who
+    signed); an automatic one means the log lost or changed records, so it stays
+    undocumented until a signed gap_documented statement covers its time."""
+    meta = record.get("meta") or {}
+    signed = meta.get("automatic") is False and bool(meta.get("statement_signature"))
+    if meta.get("automatic") is True:
+        detail = (
+            f"the relay found the log tampered and started a new epoch after sequence "
+            f"{meta.get('previous_sequence')} (last trusted sequence "
+            f"{meta.get('last_trusted_sequence')}): {meta.get('reason', '')}"
+        )
+    else:
+        detail = f"operator rotation by {meta.get('rotated_by', '?')}: {meta.get('reason', '')}"
+    return Gap(
+        "rotation", stamp, stamp, detail, sequence, record.get("event_id") if signed else None
+    )
 
 
 def _seconds(earlier: str, later: str) -> float:

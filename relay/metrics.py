@@ -21,11 +21,11 @@ from prometheus_client import (
 )
 
 from producers.events import FLAG_ACTIONS, META_ACTIONS, parse_timestamp
-from relay.gaps import GapFinder
+from relay.gaps import DEFAULT_CLOCK_SKEW_TOLERANCE_S, GapFinder
 from relay.outbox.base import Backlog
 from relay.relay import BatchResult, ChainHead, RelayObserver
 
-ACTIONS = FLAG_ACTIONS | META_ACTIONS
+ACTIONS = FLAG_ACTIONS | META_ACTIONS | {"quarantined"}
 ENVIRONMENTS = frozenset({"production", "staging", "development", "test", "sandbox"})
 RULES = frozenset(
     {
@@ -37,6 +37,7 @@ RULES = frozenset(
         "unverified-approver",
     }
 )
+ERROR_KINDS = frozenset({"outbox", "log", "lease", "config"})
 LIVENESS_WINDOW_S = 60.0
 
 
@@ -45,7 +46,12 @@ def _bounded(value: object, allowed: frozenset[str]) -> str:
 
 
 class RelayMetrics(RelayObserver):
-    def __init__(self, chain_id: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        chain_id: str,
+        registry: CollectorRegistry | None = None,
+        clock_skew_tolerance_s: float = DEFAULT_CLOCK_SKEW_TOLERANCE_S,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         labels = {"registry": self.registry}
         self.chain_id = chain_id
@@ -101,11 +107,27 @@ class RelayMetrics(RelayObserver):
             **labels,
         )
         self.errors = Counter(
-            "flagtrail_relay_errors_total", "Relay errors by kind", ["kind"], **labels
+            "flagtrail_relay_errors_total",
+            "Failed relay rounds by the backend that failed (outbox, log, lease) or config",
+            ["kind"],
+            **labels,
         )
+        for kind in ERROR_KINDS:  # a series exists before the first outage (alerts, rate())
+            self.errors.labels(kind)
         self.chain_failures = Counter(
             "flagtrail_chain_verification_failures_total",
-            "Log tails that failed their hash check",
+            "Resumes that found the log tampered, truncated or replaced (then rotated)",
+            **labels,
+        )
+        self.quarantined = Counter(
+            "flagtrail_quarantined_rows_total",
+            "Outbox rows the relay could not seal, chained as quarantined meta-events",
+            **labels,
+        )
+        self.clock_skewed = Counter(
+            "flagtrail_producer_clock_skew_total",
+            "Events whose producer clock (recorded_at) ran ahead of the relay's by more "
+            "than the tolerance",
             **labels,
         )
         self.undocumented = Gauge(
@@ -114,7 +136,7 @@ class RelayMetrics(RelayObserver):
             "statement covers yet",
             **labels,
         )
-        self._gaps = GapFinder()
+        self._gaps = GapFinder(clock_skew_tolerance_s=clock_skew_tolerance_s)
         self.active = Gauge(
             "flagtrail_relay_active", "1 while this instance writes the chain", **labels
         )
@@ -143,11 +165,16 @@ class RelayMetrics(RelayObserver):
                 self.rotations.inc()
             elif action == "gap_documented":
                 self.gaps.inc()
+            elif action == "quarantined":
+                self.quarantined.inc()
         for record in result.records:
             self._gaps.add(record)
-        self.undocumented.set(sum(1 for g in self._gaps.result() if not g.documented_by))
+        self._update_undocumented()
         self.head_sequence.set(result.last_sequence)
         self.last_event.set(parse_timestamp(result.entries[-1].timestamp_utc).timestamp())
+
+    def _update_undocumented(self) -> None:
+        self.undocumented.set(sum(1 for g in self._gaps.result() if not g.documented_by))
 
     def backlog(self, backlog: Backlog) -> None:
         self.pending.set(backlog.pending)
@@ -155,7 +182,7 @@ class RelayMetrics(RelayObserver):
         self.lag.set(max(0.0, time.time() - oldest / 1e6) if oldest else 0.0)
 
     def error(self, kind: str) -> None:
-        self.errors.labels(kind).inc()
+        self.errors.labels(_bounded(kind, ERROR_KINDS)).inc()
 
     def role(self, active: bool) -> None:
         self.active.set(1 if active else 0)
@@ -163,8 +190,13 @@ class RelayMetrics(RelayObserver):
     def resumed(self, head: ChainHead) -> None:
         self.head_sequence.set(head.sequence)
 
-    def rotated(self) -> None:
+    def rotated(self, record: dict[str, Any]) -> None:
         self.rotations.inc()
+        self._gaps.add(record)  # an automatic rotation is undocumented until a statement
+        self._update_undocumented()
+
+    def clock_skew(self, count: int) -> None:
+        self.clock_skewed.inc(count)
 
     def chain_check_failed(self) -> None:
         self.chain_failures.inc()

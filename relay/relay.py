@@ -10,25 +10,45 @@ outbox position, so rows up to it are marked, never appended twice.
 
 from __future__ import annotations
 
-import json
+import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-import orjson
 import structlog
 
 from producers.controls import controls_for_meta
 from producers.errors import FlagtrailError
-from producers.events import event_record, format_timestamp, utc_now
-from relay.canonical import GENESIS, LineError, chain_hash, line_parts, seal
+from producers.events import event_record, format_timestamp, parse_timestamp, utc_now
+from relay.canonical import (
+    GENESIS,
+    LineError,
+    chain_hash,
+    frame_line,
+    line_parts,
+    seal,
+    strict_record,
+)
 from relay.lease import Lease
 from relay.logs.base import AuditLog, ChainConflict, LogEntry
 from relay.outbox.base import Backlog, Checkpoint, OutboxPosition, OutboxRow, OutboxSource
+from relay.quarantine import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    RELAY_ACTOR,
+    Unsealable,
+    decode_row,
+    orjson_canonical,
+    quarantine_record,
+)
 
 log = structlog.get_logger("flagtrail.relay")
+
+DEFAULT_CLOCK_SKEW_TOLERANCE_S = 5.0
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # a forged hash column must not reach a line's framing
 
 
 @dataclass(frozen=True)
@@ -48,10 +68,6 @@ class ChainHead:
         if self.position is None:
             return None
         return Checkpoint(self.sequence, self.record_hash, self.position)
-
-
-class RelayError(FlagtrailError):
-    """A row the relay cannot chain (corrupt payload): it stops rather than skip it."""
 
 
 @dataclass
@@ -74,77 +90,125 @@ class RelayObserver:
     def role(self, active: bool) -> None: ...
     def resumed(self, head: ChainHead) -> None: ...
     def chain_check_failed(self) -> None: ...
-    def rotated(self) -> None: ...
+    def rotated(self, record: dict[str, Any]) -> None: ...
     def heartbeat(self, ok: bool) -> None: ...
-
-
-def _decode(payload: str) -> dict:
-    """orjson for speed; json where orjson refuses (integers beyond 64 bits, NaN).
-    Both yield the same objects for the JSON they accept, and the hashed bytes
-    are always json.dumps' (relay.canonical)."""
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return json.loads(payload)
+    def clock_skew(self, count: int) -> None: ...
 
 
 def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def seal_records(
-    head: ChainHead, items: list[tuple[dict[str, Any], OutboxPosition | None]], relayed_at: str
-) -> list[LogEntry]:
-    """Chain records after ``head``: sequence, monotonic timestamp_utc, prev_hash, hash.
+def seal_orjson(record: dict[str, Any], prev_hash: str) -> tuple[str, str]:
+    """relay.canonical.seal for a record proven orjson-safe (relay.quarantine.decode_row):
+    the same bytes as json's canonical encoding, several times faster."""
+    payload = orjson_canonical(record).decode()
+    record_hash = chain_hash(prev_hash, payload)
+    return record_hash, frame_line(prev_hash, payload, record_hash)
 
-    A ``sentinel_rotation`` record restarts the chain from GENESIS and names the
-    head it leaves behind.
+
+def seal_records(
+    head: ChainHead,
+    items: list[tuple[dict[str, Any], OutboxPosition | None]],
+    relayed_at: str,
+    orjson_safe: list[bool] | None = None,
+) -> list[LogEntry]:
+    """Chain records after ``head``: sequence, bounded timestamp_utc, prev_hash, hash.
+
+    ``timestamp_utc = max(previous, min(recorded_at, relayed_at))``: the relay's
+    clock bounds a producer's, so a clock running ahead cannot pull later events
+    out of their window, and the stamp never decreases, so a time window is one
+    run of the chain. The producer's own time stays in ``recorded_at``.
+
+    A ``sentinel_rotation`` links to the record before it like any other record
+    (GENESIS only when the log is empty) and names that record in
+    ``meta.previous_sequence``/``previous_hash``; the relay writes both, whatever
+    the outbox row said. ``orjson_safe[i]`` says item i may be sealed with orjson.
     """
     entries: list[LogEntry] = []
     prev, sequence, stamp = head.record_hash, head.sequence, head.timestamp_utc
-    for record, position in items:
+    safe = orjson_safe or [False] * len(items)
+    for (record, position), fast in zip(items, safe, strict=True):
         sequence += 1
-        # commit order can differ from clock order by a transaction's length;
-        # timestamp_utc never decreases so a time window is one run of the chain
-        stamp = max(record["recorded_at"], stamp)
+        recorded_at = record["recorded_at"]  # both strings share one fixed layout
+        stamp = max(stamp, recorded_at if recorded_at < relayed_at else relayed_at)
         record["sequence"] = sequence
         record["timestamp_utc"] = stamp
         record["relayed_at"] = relayed_at
         if record.get("action") == "sentinel_rotation":
-            meta = record.setdefault("meta", {}) or {}
-            meta.setdefault("previous_sequence", sequence - 1)
-            meta.setdefault("previous_hash", prev)
-            record["meta"] = meta
-            prev = GENESIS
-        prev, line = seal(record, prev)
+            record["meta"] = {
+                **(record.get("meta") or {}),
+                "previous_sequence": sequence - 1,
+                "previous_hash": prev,
+            }
+        prev, line = seal_orjson(record, prev) if fast else seal(record, prev)
         entries.append(LogEntry(sequence, stamp, prev, line, position))
     return entries
 
 
-def _decode_rows(rows: list[OutboxRow]) -> list[tuple[dict[str, Any], OutboxPosition]]:
-    items = []
-    for row in rows:
-        try:
-            record = _decode(row.payload)
-            if not isinstance(record.get("recorded_at"), str):
-                raise KeyError("recorded_at")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise RelayError(
-                f"outbox row {row.position.encode()} is not a flagtrail event: {exc}"
-            ) from exc
-        items.append((record, row.position))
-    return items
+def entry_problem(entry: LogEntry, what: str) -> str | None:
+    """Why a log entry cannot be trusted, if it cannot: its line fails its hash, or the
+    sequence, hash or time the log indexes it by (not covered by the hash, and what
+    the relay continues from) differ from the line's."""
+    try:
+        prev, payload, digest = line_parts(entry.line.encode())
+        record = strict_record(payload)
+    except LineError as exc:
+        return f"{what} (sequence {entry.sequence}) is unreadable: {exc}"
+    if digest != entry.record_hash or chain_hash(prev, payload.decode()) != digest:
+        return f"{what} (sequence {entry.sequence}) fails its hash"
+    if (record.get("sequence"), record.get("timestamp_utc")) != (
+        entry.sequence,
+        entry.timestamp_utc,
+    ):
+        return f"{what} (sequence {entry.sequence}) is indexed unlike its own line"
+    return None
 
 
 def tail_problem(entry: LogEntry) -> str | None:
     """Why the log's last record cannot be trusted as the chain head, if it cannot."""
-    try:
-        prev, payload, digest = line_parts(entry.line.encode())
-    except LineError as exc:
-        return f"the tail record (sequence {entry.sequence}) is unreadable: {exc}"
-    if digest != entry.record_hash or chain_hash(prev, payload.decode()) != digest:
-        return f"the tail record (sequence {entry.sequence}) fails its hash"
-    return None
+    return entry_problem(entry, "the tail record")
+
+
+def _short(digest: str) -> str:
+    return f"{digest[:16]}…"
+
+
+def log_problem(
+    tail: LogEntry | None, checkpoint: Checkpoint | None, entry_at: Callable[[int], LogEntry | None]
+) -> str | None:
+    """Why the log cannot be continued from its tail, given the checkpoint this relay
+    committed with its last marks; None when the log still holds what it relayed."""
+    problem = tail_problem(tail) if tail is not None else None
+    if problem or checkpoint is None or checkpoint.sequence <= 0:
+        return problem
+    known = f"sequence {checkpoint.sequence} (hash {_short(checkpoint.record_hash)})"
+    if tail is None:
+        return (
+            f"the log is empty but this outbox recorded {known} as relayed: "
+            "the log was recreated or truncated"
+        )
+    if tail.sequence < checkpoint.sequence:
+        return (
+            f"the log ends at sequence {tail.sequence}, before {known} that this outbox "
+            "recorded as relayed: the log was truncated or replaced"
+        )
+    entry = tail if tail.sequence == checkpoint.sequence else entry_at(checkpoint.sequence)
+    if entry is None:
+        return f"the log has no record at {known}, which this outbox recorded as relayed"
+    if entry.record_hash != checkpoint.record_hash:
+        return (
+            f"the record at sequence {checkpoint.sequence} has hash "
+            f"{_short(entry.record_hash)}, not {_short(checkpoint.record_hash)} as relayed: "
+            "the log was edited or replaced"
+        )
+    if entry.position != checkpoint.position:  # what the relay would mark through
+        return (
+            f"the record at sequence {checkpoint.sequence} names outbox position "
+            f"{entry.position.encode() if entry.position else None}, not "
+            f"{checkpoint.position.encode()} as relayed: the log was edited"
+        )
+    return entry_problem(entry, "the last record this relay committed")
 
 
 class Relay:
@@ -155,35 +219,49 @@ class Relay:
         *,
         batch_size: int = 2000,
         observer: RelayObserver | None = None,
+        clock_skew_tolerance_s: float = DEFAULT_CLOCK_SKEW_TOLERANCE_S,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self.source = source
         self.log = audit_log
         self.batch_size = batch_size
         self.observer = observer or RelayObserver()
+        self.clock_skew_tolerance_s = clock_skew_tolerance_s
+        self.max_payload_bytes = max_payload_bytes
         self.head = ChainHead.of(None)
+        self._stage = "outbox"  # which backend the current step uses: the error's kind
 
     def resume(self) -> ChainHead:
         """Adopt the log's tail as the chain head; finish marking a crashed batch.
 
-        When the tail cannot be trusted (unreadable, or the log is empty although
-        this outbox recorded a relayed head), start a new epoch with a
-        ``sentinel_rotation`` that says why: the only automatic rotation.
+        The log must still hold what this relay committed: the entry at the
+        checkpoint's sequence carries the checkpoint's hash and the tail is not
+        behind it. A log that lost or changed records is never continued
+        silently: the relay starts a new epoch with an automatic
+        ``sentinel_rotation`` naming both heads and why.
         """
+        self._stage = "log"
         self.log.claim()
-        tail = self.log.tail()
+        # the checkpoint before the tail: a writer still finishing (an old leader) can
+        # only move the tail past it, never make an honest log look behind it
+        self._stage = "outbox"
         checkpoint = self.source.checkpoint()
-        problem = tail_problem(tail) if tail is not None else None
-        if problem:
-            self.observer.chain_check_failed()
-        elif tail is None and checkpoint is not None and checkpoint.sequence > 0:
-            problem = (
-                f"the log is empty but this outbox recorded sequence "
-                f"{checkpoint.sequence} as relayed: the log was recreated or truncated"
-            )
+        self._stage = "log"
+        tail = self.log.tail()
+        problem = log_problem(tail, checkpoint, self.log.entry_at)
         self.head = ChainHead.of(tail)
         if problem:
+            self.observer.chain_check_failed()
+            log.error(
+                "relay.chain_check_failed",
+                chain=self.source.chain_id,
+                reason=problem,
+                tail_sequence=tail.sequence if tail else 0,
+                checkpoint_sequence=checkpoint.sequence if checkpoint else None,
+            )
             self._rotate_automatically(problem, tail, checkpoint)
         if self.head.position is not None:
+            self._stage = "outbox"
             repaired = self.source.mark_through(
                 self.head.position, now_us(), checkpoint=self.head.checkpoint()
             )
@@ -201,49 +279,77 @@ class Relay:
     def _rotate_automatically(
         self, problem: str, tail: LogEntry | None, checkpoint: Checkpoint | None
     ) -> None:
-        known = (
-            checkpoint
-            if tail is None
-            else Checkpoint(tail.sequence, tail.record_hash, tail.position or OutboxPosition(0, 0))
-        )
+        """Append a rotation after the log's tail. It continues from the checkpoint's
+        outbox position, never the tail's: positions in a tampered log prove nothing,
+        and rows after the checkpoint are unmarked, so they flow into the new epoch."""
         now = utc_now()
+        relayed_at = format_timestamp(now)
         record = event_record(
             event_id=str(uuid.uuid4()),
             chain_id=self.source.chain_id,
             recorded_at=now,
             action="sentinel_rotation",
             controls=controls_for_meta(),
-            actor="flagtrail-relay",
+            actor=RELAY_ACTOR,
             reason=problem,
             meta={
-                "rotated_by": "flagtrail-relay (automatic)",
+                "rotated_by": f"{RELAY_ACTOR} (automatic)",
                 "automatic": True,
                 "reason": problem,
-                "previous_sequence": known.sequence if known else None,
-                "previous_hash": known.record_hash if known else None,
+                "last_trusted_sequence": checkpoint.sequence if checkpoint else None,
+                "last_trusted_hash": checkpoint.record_hash if checkpoint else None,
             },
         )
+        position = checkpoint.position if checkpoint else None
+        # a forged tail stamped in the future must not hold every later stamp hostage
         start = ChainHead(
-            known.sequence if known else 0, GENESIS, "", known.position if known else None
+            tail.sequence if tail else 0,
+            tail.record_hash if tail and _HEX64.fullmatch(tail.record_hash) else GENESIS,
+            min(tail.timestamp_utc, relayed_at) if tail else "",
+            position,
         )
-        (entry,) = seal_records(start, [(record, start.position)], format_timestamp(now))
-        self.log.append([entry], after_sequence=tail.sequence if tail else 0)
+        (entry,) = seal_records(start, [(record, position)], relayed_at)
+        self.log.append([entry], after_sequence=start.sequence)
         log.warning(
             "relay.rotated",
             chain=self.source.chain_id,
             reason=problem,
-            previous_sequence=record["meta"]["previous_sequence"],
+            sequence=entry.sequence,
+            previous_sequence=start.sequence,
+            last_trusted_sequence=checkpoint.sequence if checkpoint else None,
         )
         self.head = ChainHead.of(entry)
-        self.observer.rotated()
+        self.observer.rotated(record)
+
+    def _prepare(self, row: OutboxRow, now: datetime) -> tuple[dict[str, Any], bool]:
+        """The row's record, or the quarantine record that takes its place (and whether
+        orjson may seal it)."""
+        try:
+            return decode_row(row, self.source.chain_id, self.max_payload_bytes)
+        except Unsealable as problem:
+            record = quarantine_record(row, problem, self.source.chain_id, now)
+            log.warning(
+                "relay.quarantined",
+                chain=self.source.chain_id,
+                outbox_position=row.position.encode(),
+                event_id=problem.event_id,
+                payload_sha256=record["meta"]["payload_sha256"],
+                reason=problem.reason,
+            )
+            return record, False
 
     def relay_batch(self) -> BatchResult | None:
         started = time.perf_counter()
+        self._stage = "outbox"
         rows = self.source.fetch_pending(self.head.position, self.batch_size)
         if not rows:
             return None
-        items = _decode_rows(rows)
-        entries = seal_records(self.head, items, format_timestamp(utc_now()))
+        now = utc_now()
+        relayed_at = format_timestamp(now)
+        prepared = [self._prepare(row, now) for row in rows]
+        items = [(record, row.position) for (record, _), row in zip(prepared, rows, strict=True)]
+        entries = seal_records(self.head, items, relayed_at, [fast for _, fast in prepared])
+        self._stage = "log"
         try:
             self.log.append(entries, after_sequence=self.head.sequence)
         except ChainConflict as exc:
@@ -253,17 +359,19 @@ class Relay:
         appended_at = time.time()
         last = entries[-1]
         new_head = ChainHead(last.sequence, last.record_hash, last.timestamp_utc, last.position)
+        self._stage = "outbox"
         self.source.mark_through(
             rows[-1].position, now_us(), after=self.head.position, checkpoint=new_head.checkpoint()
         )
         self.head = new_head
+        records = [r for r, _ in items]
         result = BatchResult(
             len(entries),
             entries[0].sequence,
             last.sequence,
             time.perf_counter() - started,
             entries,
-            [r for r, _ in items],
+            records,
             appended_at,
         )
         log.info(
@@ -274,8 +382,33 @@ class Relay:
             batch_size=result.count,
             duration_ms=round(result.seconds * 1000, 1),
         )
+        self._note_clock_skew(records, relayed_at)
         self.observer.batch(result)
         return result
+
+    def _note_clock_skew(self, records: list[dict[str, Any]], relayed_at: str) -> None:
+        """Producers whose recorded_at is ahead of the relay's clock by more than the
+        tolerance: their stamps were bounded, and an operator should fix their clock."""
+        skewed = 0
+        for record in records:
+            if record["recorded_at"] <= relayed_at:  # the common case: one string compare
+                continue
+            ahead = (
+                parse_timestamp(record["recorded_at"]) - parse_timestamp(relayed_at)
+            ).total_seconds()
+            if ahead > self.clock_skew_tolerance_s:
+                skewed += 1
+                log.warning(
+                    "relay.clock_skew",
+                    chain=self.source.chain_id,
+                    event_id=record.get("event_id"),
+                    sequence=record["sequence"],
+                    recorded_at=record["recorded_at"],
+                    ahead_s=round(ahead, 3),
+                    tolerance_s=self.clock_skew_tolerance_s,
+                )
+        if skewed:
+            self.observer.clock_skew(skewed)
 
     def drain(self) -> int:
         """Relay everything committed now; returns how many records were appended."""
@@ -292,23 +425,33 @@ class Relay:
         lease_check_s: float = 2.0,
         backlog_every_s: float = 2.0,
     ) -> None:
-        """The daemon loop: lead (or wait as a standby), relay, wait for a wake-up, back
-        off on outages, and stop between batches once ``stop`` is set."""
+        """The daemon loop: lead (or wait as a standby), relay, wait for a wake-up, and
+        stop between batches once ``stop`` is set.
+
+        An outage (a retriable FlagtrailError, or any driver error a backend did not
+        translate) is retried with backoff: each attempt is a ``relay.waiting`` line
+        and a ``flagtrail_relay_errors_total{kind}`` count, and /ready answers 503
+        until a round succeeds. A configuration error (``retriable=False``) cannot
+        heal by waiting: it stops the daemon (the command prints it and exits with
+        its code).
+        """
         failures, resumed, leading = 0, False, lease is None
         last_check = last_backlog = 0.0
         self.observer.role(leading)
         while not stop.is_set():
             try:
                 if not leading:
+                    self._stage = "lease"
                     leading = lease.try_acquire()  # type: ignore[union-attr]
                     if not leading:
-                        self.observer.heartbeat(True)
+                        failures = self._round_ok(failures)
                         stop.wait(1.0)
                         continue
                     log.info("relay.active", chain=self.source.chain_id, reason="lease acquired")
                     resumed, last_check = False, time.monotonic()
                     self.observer.role(True)
                 elif lease and time.monotonic() - last_check > lease_check_s:
+                    self._stage = "lease"
                     last_check = time.monotonic()
                     if not lease.still_held():
                         log.warning(
@@ -323,26 +466,46 @@ class Relay:
                 result = self.relay_batch()
                 if time.monotonic() - last_backlog > backlog_every_s:
                     last_backlog = time.monotonic()
+                    self._stage = "outbox"
                     self.observer.backlog(self.source.backlog())
-                failures = 0
-                self.observer.heartbeat(True)
+                failures = self._round_ok(failures)
                 if result is None:
+                    # an idle relay still probes the log, so an outage shows while no
+                    # rows flow (Kafka: raises once librdkafka reports every broker down)
+                    self._stage = "log"
+                    self.log.ping()
+                    self._stage = "outbox"
                     self.source.wait_for_rows(idle_wait)
-            except RelayError:
-                self.observer.error("corrupt_outbox_row")
-                raise
-            except Exception as exc:  # an outage of the outbox or the log
+            except Exception as exc:
+                if isinstance(exc, FlagtrailError) and not exc.retriable:
+                    self.observer.error("config")
+                    self.observer.heartbeat(False)
+                    raise
                 failures += 1
                 resumed = False
                 delay = min(10.0, 0.2 * 2**failures)
-                self.observer.error(type(exc).__name__)
+                self.observer.error(self._stage)
                 self.observer.heartbeat(False)
                 log.warning(
                     "relay.waiting",
                     chain=self.source.chain_id,
-                    error=type(exc).__name__,
-                    detail=str(exc)[:300],
+                    kind=self._stage,
+                    cause=_cause(self._stage, exc),
                     attempt=failures,
                     retry_in_s=round(delay, 2),
                 )
                 stop.wait(delay)
+
+    def _round_ok(self, failures: int) -> int:
+        """A round reached its backends: ready again; say so once after an outage."""
+        if failures:
+            log.info("relay.recovered", chain=self.source.chain_id, after_attempts=failures)
+        self.observer.heartbeat(True)
+        return 0
+
+
+def _cause(stage: str, exc: Exception) -> str:
+    """One line naming the backend and the driver's own error (SQLAlchemy wraps it)."""
+    error = getattr(exc, "orig", None) or exc
+    detail = (str(error).strip().splitlines() or [""])[0]
+    return f"{stage}: {type(error).__name__}: {detail[:300]}"

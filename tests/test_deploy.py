@@ -60,6 +60,9 @@ def test_alerts_cover_what_operators_and_auditors_need() -> None:
         "FlagtrailChainVerificationFailure",
         "FlagtrailUndocumentedGap",
         "FlagtrailRejectionSpike",
+        "FlagtrailQuarantinedRows",
+        "FlagtrailProducerClockSkew",
+        "FlagtrailRelayBackendOutage",
     }
     for group in rules["groups"]:
         for rule in group["rules"]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -21,6 +23,8 @@ from relay.verify import verify_export
 from tests.conftest import SteppingClock, free_port, run_cli, wait_for
 from tests.contracts import good_change
 from tests.crash import start_relay
+
+SEED_SNIPPET = Path(__file__).resolve().parent / "seed" / "verify_chain.py"
 
 
 def record_changes(workdir: Path, count: int, clock=None, start: int = 0) -> None:
@@ -44,13 +48,24 @@ def log_records() -> list[dict]:
         return [json.loads(e.line) for e in audit_log.read()]
 
 
+def seed_snippet(jsonl: Path) -> str:
+    """The seed's ten-line verifier, unchanged, run on ``jsonl`` (it opens a fixed name)."""
+    folder = jsonl.parent / "seed-check"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(jsonl, folder / "flag-audit-soc2_2026-01-01_2026-06-30.jsonl")
+    done = subprocess.run(
+        [sys.executable, str(SEED_SNIPPET)], cwd=folder, capture_output=True, text=True
+    )
+    return done.stdout + done.stderr
+
+
 def export_today(workdir: Path, keys: Path, out: str = "ev"):
     today = datetime.now(UTC).date()
     with open_log("sqlite:///log.db") as audit_log:
         return export_window(audit_log, today, today, workdir / out, keys / "audit-private.pem")
 
 
-def test_operator_rotation_restarts_the_chain_and_is_reported(
+def test_operator_rotation_links_to_the_record_before_it_and_is_reported(
     workdir: Path, rsa_keys: Path
 ) -> None:
     record_changes(workdir, 3)
@@ -63,15 +78,18 @@ def test_operator_rotation_restarts_the_chain_and_is_reported(
     relay_once(workdir)
     records = log_records()
     rotation = records[3]
-    assert rotation["action"] == "sentinel_rotation" and rotation["prev_hash"] == "0" * 64
+    # the chain stays linked: the rotation's prev_hash is the record before it
+    assert rotation["action"] == "sentinel_rotation" and rotation["sequence"] == 4
+    assert rotation["prev_hash"] == records[2]["hash"]
     assert rotation["meta"]["previous_sequence"] == 3
     assert rotation["meta"]["previous_hash"] == records[2]["hash"]
     assert rotation["meta"]["rotated_by"] == "alice@example.com"
     assert records[4]["prev_hash"] == rotation["hash"]
+    assert [r["sequence"] for r in records] == [1, 2, 3, 4, 5, 6]
     paths, manifest = export_today(workdir, rsa_keys)
     assert [r["record"] for r in manifest["rotations"]] == [4]
-    report = verify_export(paths.jsonl)
-    assert report.ok and report.rotations == [4]
+    assert verify_export(paths.jsonl).ok
+    assert "Chain intact: 6 records" in seed_snippet(paths.jsonl)
     assert "Sentinel rotation at record 4" in paths.summary.read_text()
     summary = run_cli("summary", str(paths.jsonl), cwd=workdir)
     assert "Sentinel rotation at record 4" in summary.stdout
@@ -96,13 +114,15 @@ def test_relay_rotates_by_itself_when_the_log_is_lost(workdir: Path, rsa_keys: P
     rotation = records[0]
     assert rotation["action"] == "sentinel_rotation" and rotation["meta"]["automatic"] is True
     assert "the log was recreated or truncated" in rotation["meta"]["reason"]
-    assert rotation["meta"]["previous_sequence"] == lost_head["sequence"] == 4
-    assert rotation["meta"]["previous_hash"] == lost_head["hash"]
-    assert [r["sequence"] for r in records] == [5, 6, 7]  # the old rows are not re-sent
-    assert [r["flag_key"] for r in records[1:]] == ["flag-4", "flag-5"]
+    # an empty log: the rotation starts it from GENESIS and names the lost head as trusted
+    assert rotation["prev_hash"] == "0" * 64 and rotation["meta"]["previous_sequence"] == 0
+    assert rotation["meta"]["last_trusted_sequence"] == lost_head["sequence"] == 4
+    assert rotation["meta"]["last_trusted_hash"] == lost_head["hash"]
+    assert [r["sequence"] for r in records] == [1, 2, 3]
+    assert [r["flag_key"] for r in records[1:]] == ["flag-4", "flag-5"]  # old rows not re-sent
     paths, _ = export_today(workdir, rsa_keys)
-    report = verify_export(paths.jsonl)
-    assert report.ok and report.rotations == [1]
+    assert verify_export(paths.jsonl).ok
+    assert "Chain intact: 3 records" in seed_snippet(paths.jsonl)
 
 
 def test_a_tail_that_fails_its_hash_is_not_built_on(workdir: Path) -> None:
@@ -118,6 +138,7 @@ def test_a_tail_that_fails_its_hash_is_not_built_on(workdir: Path) -> None:
     records = log_records()
     assert records[3]["action"] == "sentinel_rotation"
     assert "fails its hash" in records[3]["meta"]["reason"]
+    assert records[3]["meta"]["last_trusted_sequence"] == 3
     assert records[4]["prev_hash"] == records[3]["hash"]
 
 
