@@ -431,11 +431,11 @@ class Relay:
         An outage (a retriable FlagtrailError, or any driver error a backend did not
         translate) is retried with backoff: each attempt is a ``relay.waiting`` line
         and a ``flagtrail_relay_errors_total{kind}`` count, and /ready answers 503
-        until a round succeeds. A configuration error (``retriable=False``) cannot
-        heal by waiting: it stops the daemon (the command prints it and exits with
-        its code).
+        until a round succeeds. A configuration error (``retriable=False``) before the
+        first successful round cannot heal by waiting: it stops the daemon (the
+        command prints it and exits with its code).
         """
-        failures, resumed, leading = 0, False, lease is None
+        failures, resumed, leading, worked = 0, False, lease is None, False
         last_check = last_backlog = 0.0
         self.observer.role(leading)
         while not stop.is_set():
@@ -468,7 +468,7 @@ class Relay:
                     last_backlog = time.monotonic()
                     self._stage = "outbox"
                     self.observer.backlog(self.source.backlog())
-                failures = self._round_ok(failures)
+                failures, worked = self._round_ok(failures), True
                 if result is None:
                     # an idle relay still probes the log, so an outage shows while no
                     # rows flow (Kafka: raises once librdkafka reports every broker down)
@@ -477,7 +477,10 @@ class Relay:
                     self._stage = "outbox"
                     self.source.wait_for_rows(idle_wait)
             except Exception as exc:
-                if isinstance(exc, FlagtrailError) and not exc.retriable:
+                # A configuration error stops a relay that never worked (a wrong URL, a
+                # missing table). Once it has relayed, the same error means the backend
+                # changed under it (a restore, a migration): wait and alarm, never exit.
+                if isinstance(exc, FlagtrailError) and not exc.retriable and not worked:
                     self.observer.error("config")
                     self.observer.heartbeat(False)
                     raise

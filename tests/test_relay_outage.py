@@ -100,7 +100,7 @@ class BrokenLog(SQLiteAuditLog):
     """A real SQLite log whose next claims fail as a backend would report them."""
 
     def __init__(self, path: str, failures: list[Exception]) -> None:
-        super().__init__(path)
+        super().__init__(path, "flag-audit")
         self.failures = failures
 
     def claim(self) -> None:
