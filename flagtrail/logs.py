@@ -35,6 +35,8 @@ _URL_SETTINGS = ("FLAGTRAIL_OUTBOX_URL", "FLAGTRAIL_LOG_URL", "FLAGTRAIL_TEST_PO
 _SECRET_SETTINGS = ("PGPASSWORD", "FLAGTRAIL_KAFKA_SASL_PASSWORD")
 _MIN_KNOWN_SECRET = 4  # shorter values would mask ordinary words; URL patterns still apply
 
+_NOISY_LIBRARIES = ("kafka",)
+
 _known_secrets: set[str] = set()
 
 
@@ -121,8 +123,9 @@ class RedactingFilter(logging.Filter):
             message = f"{record.msg!r} {record.args!r}"
         record.msg, record.args = redact_text(message), None
         if record.exc_info and record.exc_info[1] is not None:
+            # plain Formatters print a cached exc_text as it is; structlog's formatter
+            # renders exc_info again and redacts it in its own chain
             record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
         if record.stack_info:
             record.stack_info = redact_text(record.stack_info)
         return True
@@ -137,6 +140,7 @@ def _library_logging(level: int, shared: list, renderer: Any) -> None:
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
                 redact_secrets,
                 renderer,
                 redact_rendered,
@@ -153,6 +157,12 @@ def _library_logging(level: int, shared: list, renderer: Any) -> None:
     root.addHandler(handler)
     # libraries are chatty at info: their warnings, unless debugging
     root.setLevel(logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING))
+    # kafka-python logs every reconnect attempt; the relay reports an outage itself,
+    # once per backoff, as `relay.waiting` with the cause
+    for noisy in _NOISY_LIBRARIES:
+        logging.getLogger(noisy).setLevel(
+            logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL
+        )
 
 
 def configure(fmt: str = "auto", level: str = "info", urls: Iterable[str | None] = ()) -> None:
