@@ -644,7 +644,7 @@ def _run(argv: list[str] | None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version or a usage error, already printed
         sys.stdout.flush()
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+        return exc.code if isinstance(exc.code, int) else (EXIT_ERROR if exc.code else 0)
     configure_logging(
         args.log_format,
         args.log_level,
