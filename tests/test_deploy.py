@@ -323,9 +323,13 @@ def _supports(option: str, *subcommand: str) -> bool:
     reason="export/verify --previous are built in parallel (issue 7, section 3)",
 )
 def test_cronjob_runs_twice_linking_the_second_export_to_the_first(tmp_path: Path) -> None:
+    from producers.identity import SAMPLE_DIRECTORY
     from tests.conftest import run_cli
 
     assert run_cli("keygen", "--out", str(tmp_path / "keys")).returncode == 0
+    (tmp_path / "identities.toml").write_text(SAMPLE_DIRECTORY)
+    relayed = run_cli("relay", "--once", cwd=tmp_path)  # the log the job reads exists
+    assert relayed.returncode == 0, relayed.stderr
     first = run_cronjob(tmp_path, first_export="yes")
     assert first.returncode == 0, first.stdout + first.stderr
     kept = list((tmp_path / "evidence/last").glob("*.manifest.json"))
