@@ -62,6 +62,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _chain_id(text: str) -> str:
+    # a chain id becomes part of file names, topics and locks: refuse anything else
+    from relay.logs.base import check_chain_id
+
+    try:
+        return check_chain_id(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_backends(parser: argparse.ArgumentParser, outbox: bool = True, log: bool = True) -> None:
     if outbox:
         parser.add_argument(
@@ -76,7 +86,9 @@ def _add_backends(parser: argparse.ArgumentParser, outbox: bool = True, log: boo
             "kafka://host:port/topic [env FLAGTRAIL_LOG_URL, default "
             "sqlite:///log.db]",
         )
-    parser.add_argument("--chain", help="chain id [env FLAGTRAIL_CHAIN, default flag-audit]")
+    parser.add_argument(
+        "--chain", type=_chain_id, help="chain id [env FLAGTRAIL_CHAIN, default flag-audit]"
+    )
 
 
 def _add_window(parser: argparse.ArgumentParser) -> None:
@@ -258,7 +270,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from producers.controls import parse_controls
     from relay.summary import count_controls, format_summary
 
-    controls = parse_controls(args.controls) if args.controls else None
+    try:
+        controls = parse_controls(args.controls) if args.controls else None
+    except ValueError as exc:
+        raise ConfigError(f"--controls: {exc}") from None
     counts, rotations = count_controls(Path(args.file))
     print(format_summary(counts, controls, rotations), end="")
     return 0
@@ -644,38 +659,75 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _database_error(exc: Exception) -> str | None:
-    """A readable line for SQLAlchemy errors (imported only by commands that use it)."""
-    errors = sys.modules.get("sqlalchemy.exc")
-    if errors is None or not isinstance(exc, errors.SQLAlchemyError):
-        return None
-    if isinstance(exc, errors.OperationalError):
-        return f"cannot use the outbox database: {exc.orig}"
-    return f"outbox database error: {exc}"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as a shell reports `… | head -1`
+
+
+def _say(message: str) -> None:
+    """One line on stderr, with any password redacted."""
+    from flagtrail.logs import redact_text
+
+    print(redact_text(" ".join(str(message).split())), file=sys.stderr)
+
+
+def _report(exc: FlagtrailError) -> int:
+    if isinstance(exc, PolicyError):
+        _say(f"blocked ({exc.status}): {exc.message}")
+    elif isinstance(exc, InvalidChange):
+        _say(f"flagtrail: invalid change ({exc.status}): {exc}")
+    else:
+        _say(f"flagtrail: error: {exc}")
+    return exc.exit_code
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout went away: point stdout at /dev/null, so that the
+    interpreter's last flush at exit cannot fail (and print) a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version or a usage error, already printed
+        sys.stdout.flush()
+        return exc.code if isinstance(exc.code, int) else (EXIT_ERROR if exc.code else 0)
+    configure_logging(
+        args.log_format,
+        args.log_level,
+        urls=(getattr(args, "outbox_url", None), getattr(args, "log_url", None)),
+    )
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        raise
+    except FlagtrailError as exc:
+        return _report(exc)
+    except Exception as exc:
+        from flagtrail.failures import translate
+
+        translated = translate(exc)
+        if translated is None:  # a bug, not bad input: the traceback is what helps
+            raise
+        return _report(translated)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(args.log_format, args.log_level)
+    """Run one command; every error a user can cause ends as one sentence and an
+    exit code from producers/errors.py."""
     try:
-        return args.func(args)
-    except PolicyError as exc:
-        print(f"blocked ({exc.status}): {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    except InvalidChange as exc:
-        print(f"flagtrail: invalid change ({exc.status}): {exc}", file=sys.stderr)
-        return exc.exit_code
-    except FlagtrailError as exc:
-        print(f"flagtrail: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except Exception as exc:
-        database = _database_error(exc)
-        if database is None:
-            raise
-        print(f"flagtrail: error: {database}", file=sys.stderr)
-        return EXIT_ERROR
+        return _run(argv)
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_CLOSED_PIPE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,6 @@ from relay.logs import open_log
 from relay.outbox import open_outbox_source
 from relay.relay import Relay
 from relay.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, generate_keypair
-from relay.verify import render, verify_export
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 
@@ -98,6 +98,18 @@ SAMPLE_CHANGES = [
 ]
 
 
+KEYS_DIR = Path("keys")  # the signer's side: never shipped with the evidence
+EVIDENCE_DIR = Path("evidence")  # what an auditor receives
+
+
+def _verify(command: list[str]) -> tuple[int, str]:
+    """Run `flagtrail verify` as a user would, in a process of its own."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flagtrail.cli", *command], capture_output=True, text=True
+    )
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
 def run_demo(folder: Path) -> int:
     # the venv's script by its full path: `make demo` users may not have it on PATH
     script = Path(sys.argv[0])
@@ -107,8 +119,10 @@ def run_demo(folder: Path) -> int:
     identities = Path(settings.identities_path())
     if not identities.exists():
         identities.write_text(SAMPLE_DIRECTORY)
-    if not Path(PRIVATE_KEY_FILE).exists():
-        generate_keypair(Path("."), "rsa")
+    private_key, public_key = KEYS_DIR / PRIVATE_KEY_FILE, KEYS_DIR / PUBLIC_KEY_FILE
+    if not private_key.exists():
+        KEYS_DIR.mkdir(mode=0o700, exist_ok=True)
+        generate_keypair(KEYS_DIR, "rsa")
 
     engine = settings.make_engine(settings.outbox_url())
     outbox = Outbox(engine, str(identities), chain_id=settings.chain_id())
@@ -135,30 +149,38 @@ def run_demo(folder: Path) -> int:
     print(f"2. Relay appended {relayed} events; chain head is sequence {relay.head.sequence}.")
 
     today = datetime.now(UTC).date()
-    paths, manifest = export_window(
-        audit_log, today, today, Path("."), Path(settings.setting("AUDIT_SIGNING_KEY_PATH"))
-    )
+    paths, manifest = export_window(audit_log, today, today, EVIDENCE_DIR, private_key)
     audit_log.close()
-    print(f"3. Exported {manifest['record_count']} records for {today} (signed).")
-    report = verify_export(paths.jsonl, Path(PUBLIC_KEY_FILE))
-    print("4. flagtrail verify:")
-    print("   " + render(report).replace("\n", "\n   "))
+    count = manifest["record_count"]
+    print(f"3. Exported {count} records for {today} (signed) to {EVIDENCE_DIR}/.")
+    jsonl = EVIDENCE_DIR / paths.jsonl.name
+    verify = ["verify", str(jsonl), "--pubkey", str(public_key)]
+    code, output = _verify(verify)
+    print(f"4. flagtrail {' '.join(verify)}   (the registered key, not the package's copy)")
+    print("   " + output.replace("\n", "\n   "))
 
+    checks = [
+        f"openssl dgst -sha256 -verify {public_key} -signature {jsonl}.sig {jsonl}",
+    ]
+    manifest_file = EVIDENCE_DIR / paths.manifest.name
+    if Path(f"{manifest_file}.sig").exists():
+        checks.append(
+            f"openssl dgst -sha256 -verify {public_key} -signature {manifest_file}.sig "
+            f"{manifest_file}"
+        )
+    checks += [f"{command} {' '.join(verify)}", f"{command} summary {jsonl}"]
     here = Path.cwd()
+    listing = "\n".join(f"  {line}" for line in checks)
     print(f"""
 Everything is in {here}:
-  evidence   {paths.jsonl.name}
-  signature  {paths.signature.name}
-  manifest   {paths.manifest.name}
-  summary    {paths.summary.name}
-  keys       {PRIVATE_KEY_FILE} (secret), {PUBLIC_KEY_FILE}
-  databases  outbox.db (transactional outbox), log.db (append-only log)
+  {EVIDENCE_DIR}/   what the auditor gets: {paths.jsonl.name}, its .sig, manifest, summary
+  {KEYS_DIR}/       {PRIVATE_KEY_FILE} (secret, 0600: never part of the evidence)
+             {PUBLIC_KEY_FILE} (the key to register with your security controls)
+  outbox.db (transactional outbox), log.db (append-only log)
 
-Check it yourself:
+Check it yourself, with the registered public key:
   cd {here}
-  {manifest["verify_commands"][0]}
-  {command} verify {paths.jsonl.name} --pubkey {PUBLIC_KEY_FILE}
-  {command} summary {paths.jsonl.name}
+{listing}
 """)
     sys.stdout.flush()
-    return 0 if report.ok else 1
+    return 0 if code == 0 else code

@@ -39,16 +39,48 @@ def test_demo_in_a_fresh_folder_ends_verified_with_the_openssl_command(tmp_path:
     out = result.stdout
     assert "BLOCKED" in out and "SOC2 CC8.1: production flag change requires a distinct" in out
     assert "Chain intact: 6 records, no tampering detected." in out
-    command = next(
+    commands = [
         line.strip()
         for line in out.splitlines()
         if line.strip().startswith("openssl dgst -sha256 -verify")
-    )
-    check = subprocess.run(
-        command, shell=True, cwd=tmp_path / "demo", capture_output=True, text=True
-    )
-    assert check.returncode == 0 and "Verified OK" in check.stdout
+    ]
+    assert commands
+    for command in commands:
+        # the registered key, kept apart from the evidence an auditor receives
+        assert "-verify keys/audit-public.pem" in command
+        check = subprocess.run(
+            command, shell=True, cwd=tmp_path / "demo", capture_output=True, text=True
+        )
+        assert check.returncode == 0 and "Verified OK" in check.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_demo_keeps_the_private_key_out_of_the_evidence_and_verifies_with_the_registered_key(
+    tmp_path: Path,
+) -> None:
+    demo = tmp_path / "demo"
+    result = run_cli("demo", "--dir", str(demo))
+    assert result.returncode == 0, result.stderr
+    private = demo / "keys" / "audit-private.pem"
+    assert oct(private.stat().st_mode & 0o777) == "0o600"
+    assert oct((demo / "keys").stat().st_mode & 0o777) == "0o700"
+    evidence = demo / "evidence"
+    assert next(evidence.glob("*.jsonl"))
+    for file in evidence.rglob("*"):
+        assert b"PRIVATE KEY" not in file.read_bytes(), file
+    assert not list(demo.glob("*.pem"))
+    verify = next(line for line in result.stdout.splitlines() if " verify evidence/" in line)
+    assert "--pubkey keys/audit-public.pem" in verify
+    # the printed command, run as printed, verifies with the registered key
+    printed = next(
+        line.strip()
+        for line in result.stdout.splitlines()
+        if line.strip().startswith("python -m flagtrail.cli verify")
+    )
+    args = printed.split()[3:]
+    again = run_cli(*args, cwd=demo)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Chain intact: 6 records" in again.stdout
 
 
 RECORD = [

