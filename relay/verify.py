@@ -34,6 +34,7 @@ from relay.canonical import (
     seed_parts,
     strict_record,
 )
+from relay.gaps import DEFAULT_LAG_THRESHOLD_S
 from relay.manifest import (
     NOT_DERIVED,
     PackagePaths,
@@ -529,6 +530,11 @@ def _recompute(
         ).get("sequence") != (facts.head or {}).get("sequence"):
             report.fail(1, "an empty window's anchor and head must be the same record")
     lag = manifest["gap_thresholds"]["lag_s"]
+    if lag != DEFAULT_LAG_THRESHOLD_S:
+        report.findings.append(
+            f"Gaps were judged with a relay-lag threshold of {lag} s (the default is "
+            f"{DEFAULT_LAG_THRESHOLD_S:.0f} s)"
+        )
     finder = CheckedGapFinder(statement_keys, lag)
     for row in stitched.gap_rows:
         finder.add(row)
