@@ -156,7 +156,7 @@ Everything is in {here}:
 
 Check it yourself:
   cd {here}
-  {manifest["verify_commands"][0]}
+  openssl dgst -sha256 -verify {PUBLIC_KEY_FILE} -signature {paths.signature.name} {paths.jsonl.name}
   {command} verify {paths.jsonl.name} --pubkey {PUBLIC_KEY_FILE}
   {command} summary {paths.jsonl.name}
 """)

@@ -348,6 +348,9 @@ def _stitch(
         if not chunk.lines:
             continue
         first = chunk.first_record
+        if chunk.finding and chunk.first_prev is None:  # its first line is unreadable
+            report.fail(offset + chunk.finding.record, chunk.finding.reason)
+            return None
         if chunk.first_prev != expected and not chunk.first_is_legacy_rotation:
             where = (
                 ("the anchor " + report.anchor_source)

@@ -70,7 +70,7 @@ def test_operator_rotation_restarts_the_chain_and_is_reported(
     assert records[4]["prev_hash"] == rotation["hash"]
     paths, manifest = export_today(workdir, rsa_keys)
     assert [r["record"] for r in manifest["rotations"]] == [4]
-    report = verify_export(paths.jsonl)
+    report = verify_export(paths.jsonl, rsa_keys / "audit-public.pem")
     assert report.ok and report.rotations == [4]
     assert "Sentinel rotation at record 4" in paths.summary.read_text()
     summary = run_cli("summary", str(paths.jsonl), cwd=workdir)
@@ -101,7 +101,7 @@ def test_relay_rotates_by_itself_when_the_log_is_lost(workdir: Path, rsa_keys: P
     assert [r["sequence"] for r in records] == [5, 6, 7]  # the old rows are not re-sent
     assert [r["flag_key"] for r in records[1:]] == ["flag-4", "flag-5"]
     paths, _ = export_today(workdir, rsa_keys)
-    report = verify_export(paths.jsonl)
+    report = verify_export(paths.jsonl, rsa_keys / "audit-public.pem")
     assert report.ok and report.rotations == [1]
 
 
