@@ -144,7 +144,7 @@ def run_demo(folder: Path) -> int:
     print("4. flagtrail verify:")
     print("   " + render(report).replace("\n", "\n   "))
 
-    here = Path.cwd()
+    here, sig = Path.cwd(), paths.signature.name
     print(f"""
 Everything is in {here}:
   evidence   {paths.jsonl.name}
@@ -156,7 +156,7 @@ Everything is in {here}:
 
 Check it yourself:
   cd {here}
-  openssl dgst -sha256 -verify {PUBLIC_KEY_FILE} -signature {paths.signature.name} {paths.jsonl.name}
+  openssl dgst -sha256 -verify {PUBLIC_KEY_FILE} -signature {sig} {paths.jsonl.name}
   {command} verify {paths.jsonl.name} --pubkey {PUBLIC_KEY_FILE}
   {command} summary {paths.jsonl.name}
 """)
