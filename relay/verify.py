@@ -20,8 +20,11 @@ import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from producers.errors import EXIT_OK, EXIT_TAMPERED, EXIT_UNTRUSTED_KEY, ConfigError, EvidenceError
 from relay.canonical import (
@@ -78,6 +81,7 @@ class Expect:
     chain_id: str | None = None
     probe_sequence: int | None = None
     semantic: bool = True
+    lag_s: float = DEFAULT_LAG_THRESHOLD_S
 
 
 @dataclass
@@ -94,7 +98,11 @@ class ChunkResult:
     controls: Counter[str] = field(default_factory=Counter)
     meta: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (local number, record)
     rotations: list[int] = field(default_factory=list)  # local numbers
-    gap_rows: list[dict[str, Any]] = field(default_factory=list)
+    # what the gap analysis needs, in order: (restart, row). A run of ordinary records
+    # that cannot open or extend a gap (on time, not a meta-event) is sent as its last
+    # record only, with restart=True: the analysis resumes from it (the file's sequence
+    # continuity is checked here, record by record)
+    gap_rows: list[tuple[bool, dict[str, Any]]] = field(default_factory=list)
     probe_hash: str | None = None
 
 
@@ -175,6 +183,19 @@ def rotation_problem(
     return None
 
 
+def _gap_row(record: dict[str, Any]) -> dict[str, Any]:
+    return {name: record.get(name) for name in GAP_FIELDS}
+
+
+def _lag_within(recorded: Any, relayed: str, lag_s: float) -> bool:
+    """relayed - recorded in [0, lag_s]; False when either is not a timestamp."""
+    try:
+        lag = (datetime.fromisoformat(relayed) - datetime.fromisoformat(recorded)).total_seconds()
+    except (TypeError, ValueError):
+        return False
+    return 0 <= lag <= lag_s
+
+
 def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -> ChunkResult:
     """Hash, link and check every record in bytes [start, end) of the file.
 
@@ -192,7 +213,10 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
     sha256, genesis = hashlib.sha256, _GENESIS_BYTES
     semantic, since, until = expect.semantic, expect.since, expect.until
     chain_id, probe = expect.chain_id, expect.probe_sequence
-    controls, meta, gap_rows = result.controls, result.meta, result.gap_rows
+    meta, gap_rows = result.meta, result.gap_rows
+    lag_s, loads = expect.lag_s, orjson.loads
+    combos: dict[Any, int] = {}
+    last_plain: dict[str, Any] | None = None
     expected = b""
     last_seq: int = 0
     last_ts = ""
@@ -229,13 +253,18 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
             result.rotations.append(number)
         if semantic:
             try:
-                record = strict_record(payload)
-            except LineError as exc:
+                # fast_parts proved the payload canonical and exactly what orjson reads;
+                # meta-events (few) and the seed path go through the strict decoder
+                record = loads(payload) if parts is not None else strict_record(payload)
+                action = record.get("action")
+                if action in META_ACTIONS and parts is not None:
+                    record = strict_record(payload)
+            except (LineError, ValueError, AttributeError) as exc:
                 result.finding = Finding(number, f"unreadable record: {exc}")
                 return result
             seq, ts = record.get("sequence"), record.get("timestamp_utc")
-            if seq is None or ts is None or len(ts) != 27 or ts[-1] != "Z":
-                result.finding = Finding(number, "no sequence or no RFC 3339 timestamp_utc")
+            if type(seq) is not int or type(ts) is not str or len(ts) != 27 or ts[-1] != "Z":
+                result.finding = Finding(number, "no integer sequence or RFC 3339 timestamp_utc")
                 return result
             if number == 1:
                 result.first_record = record
@@ -256,7 +285,6 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
             if ts < last_ts:
                 result.finding = Finding(number, f"timestamp_utc {ts} goes back in time")
                 return result
-            action = record.get("action")
             if number > 1:
                 if action == "sentinel_rotation":
                     problem = rotation_problem(
@@ -272,18 +300,56 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
                         "or was inserted)",
                     )
                     return result
+            tags = record.get("soc2_controls")
+            try:
+                key = tuple(tags) if type(tags) is list else tags
+                seen = combos.get(key)
+            except TypeError:
+                seen, key = None, 0  # unhashable: refused just below
+            if seen is None:
+                if key is not None and (
+                    type(key) is not tuple or not all(type(t) is str for t in key)
+                ):
+                    result.finding = Finding(number, "soc2_controls must list strings")
+                    return result
+                seen = 0
+            combos[key] = seen + 1
             if action in META_ACTIONS:
                 meta.append((number, record))
-                gap_rows.append(record)
                 if action == "sentinel_rotation":
                     result.rotations.append(number)
+                plain = False
             else:
-                gap_rows.append({name: record.get(name) for name in GAP_FIELDS})
-            controls.update(record.get("soc2_controls") or ())
+                recorded, relayed = record.get("recorded_at"), record.get("relayed_at")
+                plain = (
+                    recorded == ts
+                    and type(relayed) is str
+                    and (
+                        relayed == recorded
+                        or (
+                            len(relayed) == 27
+                            and relayed > recorded
+                            and relayed[:16] == recorded[:16]
+                            and lag_s >= 60
+                        )
+                        or _lag_within(recorded, relayed, lag_s)
+                    )
+                )
+            if plain:
+                last_plain = record
+            else:
+                if last_plain is not None:
+                    gap_rows.append((True, _gap_row(last_plain)))
+                    last_plain = None
+                gap_rows.append((False, record if action in META_ACTIONS else _gap_row(record)))
             if seq == probe:
                 result.probe_hash = digest.decode()
             last_seq, last_ts = seq, ts
         expected = digest
+    if last_plain is not None:
+        gap_rows.append((True, _gap_row(last_plain)))
+    for key, count in combos.items():
+        result.controls.update({tag: count for tag in key or ()})
     result.last_hash = expected.decode() if lines else None
     result.last_sequence, result.last_timestamp = (last_seq, last_ts) if lines else (None, None)
     return result
@@ -329,7 +395,7 @@ def _check_chain(
 @dataclass
 class _Stitched:
     facts: WindowFacts
-    gap_rows: list[dict[str, Any]]
+    gap_rows: list[tuple[bool, dict[str, Any]]]
     meta: list[tuple[int, dict[str, Any]]]
     probe_hash: str | None
 
@@ -340,7 +406,7 @@ def _stitch(
     """Join the chunks: links, sequences, time and chain id across their boundaries."""
     expected, offset = report.anchor, 0
     facts = WindowFacts()
-    gap_rows: list[dict[str, Any]] = []
+    gap_rows: list[tuple[bool, dict[str, Any]]] = []
     meta: list[tuple[int, dict[str, Any]]] = []
     probe_hash = None
     last_seq, last_ts = anchor_seq, ""
@@ -539,8 +605,11 @@ def _recompute(
             f"{DEFAULT_LAG_THRESHOLD_S:.0f} s)"
         )
     finder = CheckedGapFinder(statement_keys, lag)
-    for row in stitched.gap_rows:
-        finder.add(row)
+    for restart, row in stitched.gap_rows:
+        if restart:
+            finder.restart_from(row)
+        else:
+            finder.add(row)
     for number, record in stitched.meta:
         facts.meta_events.append(meta_event(number, record))
     for record in _statement_records(manifest, report):
@@ -793,6 +862,7 @@ def verify_export(
         manifest["window"].get("until_utc"),
         manifest.get("chain_id"),
         probe,
+        lag_s=manifest["gap_thresholds"]["lag_s"],
     )
     chunks, file_digest = _check_chain(path, size, workers, expect)
     stitched = _stitch(report, chunks, manifest_anchor["sequence"])
