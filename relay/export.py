@@ -13,7 +13,7 @@ from typing import Any
 
 from flagtrail import __version__
 from producers.controls import CONTROL_ORDER
-from producers.errors import ConfigError, EvidenceError, FlagtrailError
+from producers.errors import ConfigError, EvidenceError
 from relay.canonical import GENESIS, LineError, chain_hash, line_parts, strict_record
 from relay.gaps import DEFAULT_LAG_THRESHOLD_S
 from relay.logs.base import AuditLog, LogEntry
@@ -36,8 +36,8 @@ __all__ = ["ExportError", "PackagePaths", "export_window", "window_bounds"]
 META_ACTIONS_REPORTED = ("sentinel_rotation", "gap_documented")
 
 
-class ExportError(FlagtrailError):
-    """The log itself fails the chain check while being exported."""
+class ExportError(EvidenceError):
+    """The log itself fails the chain check while being exported (exit 1: tampered)."""
 
 
 @dataclass

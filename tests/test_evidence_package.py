@@ -565,3 +565,35 @@ def test_summary_command_reads_with_the_strict_decoder(workdir: Path) -> None:
     (workdir / "y.jsonl").write_text('{"soc2_controls": "CC6.1"}\n')
     bad = run_cli("summary", "y.jsonl", cwd=workdir)
     assert bad.returncode == 1 and "record 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_verify_recomputes_the_exports_gaps_also_in_parallel(
+    workdir: Path, rsa_keys: Path, monkeypatch: pytest.MonkeyPatch, parallel: bool
+) -> None:
+    """Late runs, on-time runs, clamped times and rotations, cut into chunks anywhere:
+    verify's shortened gap analysis must agree with the export's full one."""
+    import relay.verify
+
+    chain = ChainWriter(workdir)
+    for n in range(120):
+        stamp = format_timestamp(chain.now + timedelta(minutes=5))
+        late = format_timestamp(chain.now + timedelta(minutes=5 + (n % 7) * 3))
+        if n % 40 == 17:
+            chain.add("sentinel_rotation", chain.rotation_meta(automatic=True))
+        elif n % 11 < 4:
+            chain.add(relayed_at=late)  # late by 0 to 18 minutes
+        elif n % 13 == 5:
+            chain.add(recorded_at=format_timestamp(chain.now + timedelta(hours=1)))  # clamped
+        else:
+            chain.add(relayed_at=stamp)
+    if parallel:
+        monkeypatch.setattr(relay.verify, "PARALLEL_THRESHOLD_BYTES", 1)
+    paths, manifest = _export(workdir, rsa_keys, DAY1, "ev")
+    assert len(manifest["undocumented_gaps"]) > 5
+    assert {g["kind"] for g in manifest["undocumented_gaps"]} >= {"relay_outage", "rotation"}
+    report = verify_export(paths.jsonl, rsa_keys / "audit-public.pem", workers=2)
+    assert report.ok, render(report)
+    assert sum("Undocumented gap" in f for f in report.findings) == len(
+        manifest["undocumented_gaps"]
+    )
