@@ -247,13 +247,17 @@ def parse_manifest(data: bytes, where: str = "manifest") -> dict[str, Any]:
         raise EvidenceError(f"{where}: the window is not two dates") from None
     if end < start:
         raise EvidenceError(f"{where}: the window ends before it starts")
+    if (window.get("from_utc"), window.get("until_utc")) != window_bounds(start, end):
+        raise EvidenceError(f"{where}: the window's bounds are not its days")
+    if not isinstance(manifest.get("chain_id"), str | None):
+        raise EvidenceError(f"{where}: chain_id must be a string")
     if not all(isinstance(c, str) for c in manifest["controls_reported"]):
         raise EvidenceError(f"{where}: controls_reported must list strings")
     lag = manifest["gap_thresholds"].get("lag_s")
     if not isinstance(lag, int | float) or isinstance(lag, bool) or lag < 0:
         raise EvidenceError(f"{where}: gap_thresholds.lag_s must be a number")
     for name in ("anchor", "head"):
-        point = manifest[name]
+        point = manifest.get(name)
         if point is not None and (
             not isinstance(point.get("sequence"), int)
             or isinstance(point.get("sequence"), bool)

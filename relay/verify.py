@@ -485,7 +485,8 @@ def _rotation(record: dict[str, Any]) -> bool:
 # -- signatures ------------------------------------------------------------------------------
 def _package_key(paths: PackagePaths, manifest: dict[str, Any] | None) -> PublicKey | None:
     name = (manifest or {}).get("public_key")
-    shipped = paths.jsonl.with_name(name) if isinstance(name, str) and "/" not in name else None
+    plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+    shipped = paths.jsonl.with_name(name) if plain else None
     for candidate in (shipped, paths.public_key):
         if candidate is not None and candidate.is_file():
             try:
@@ -641,6 +642,10 @@ def _recompute(
                 f"{_short(manifest.get(name))}; recomputed: {_short(value)})",
             )
             return
+    problem = _chain_head_problem(manifest.get("chain_head_at_export"), facts.head)
+    if problem:
+        report.fail(max(report.records, 1), f"the manifest's chain_head_at_export {problem}")
+        return
     extra = set(manifest) - set(derived) - NOT_DERIVED
     if extra:
         report.fail(1, f"the manifest has fields flagtrail does not write: {sorted(extra)}")
@@ -667,6 +672,31 @@ def _recompute(
         f"{facts.count} records, SHA-256, anchor, head, rotations, gaps, statements, "
         "control counts and summary all match"
     )
+
+
+def _chain_head_problem(point: Any, head: dict[str, Any] | None) -> str | None:
+    """The chain's head at export time cannot lie before the window's own head."""
+    if point is None:
+        return None if head is None or head.get("sequence") == 0 else "is missing"
+    if (
+        not isinstance(point, dict)
+        or type(point.get("sequence")) is not int
+        or not isinstance(point.get("hash"), str)
+        or not isinstance(point.get("timestamp_utc"), str)
+    ):
+        return "is malformed"
+    if head is None:
+        return None
+    if point["sequence"] < head["sequence"] or (
+        point["sequence"] == head["sequence"] and point["hash"] != head["hash"]
+    ):
+        return "lies before or beside this window's head"
+    if (
+        isinstance(head.get("timestamp_utc"), str)
+        and point["timestamp_utc"] < head["timestamp_utc"]
+    ):
+        return "is older than this window's head"
+    return None
 
 
 def _note_rotations(report: VerifyReport, stitched: _Stitched, keys: list[PublicKey]) -> None:
