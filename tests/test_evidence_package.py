@@ -294,19 +294,15 @@ def test_a_quiet_week_renamed_as_another_week_fails(
 def test_a_record_outside_the_window_fails(
     sqlite_engine: Engine, workdir: Path, h1_clock: SteppingClock, rsa_keys: Path
 ) -> None:
-    """An insider re-signs a package whose window was narrowed: every timestamp is checked."""
+    """A longer window's records handed over as a shorter window's: every timestamp counts."""
     build_chain(sqlite_engine, workdir, h1_clock, 400)  # two days
-    paths = export(workdir, rsa_keys, date(2026, 1, 1), date(2026, 1, 2))
-    manifest = json.loads(paths.manifest.read_bytes())
-    manifest["window"]["until_utc"] = "2026-01-02T00:00:00.000000Z"
-    write_signed(
-        paths.manifest,
-        paths.manifest_signature,
-        manifest,
-        load_private_key(rsa_keys / "audit-private.pem"),
-    )
-    report = verify_export(paths.jsonl, rsa_keys / "audit-public.pem")
+    one_day = export(workdir, rsa_keys, date(2026, 1, 1), date(2026, 1, 1), "one")
+    two_days = export(workdir, rsa_keys, date(2026, 1, 1), date(2026, 1, 2), "two")
+    shutil.copy(two_days.jsonl, one_day.jsonl)
+    report = verify_export(one_day.jsonl, rsa_keys / "audit-public.pem")
+    first_outside = json.loads(one_day.manifest.read_bytes())["record_count"] + 1
     assert report.exit_code == 1 and "outside the window" in report.finding.reason
+    assert report.finding.record == first_outside
 
 
 # -- 3. linked exports --------------------------------------------------------------------------
