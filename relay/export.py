@@ -11,10 +11,19 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from flagtrail import __version__
 from producers.controls import CONTROL_ORDER
 from producers.errors import ConfigError, EvidenceError
-from relay.canonical import GENESIS, LineError, chain_hash, line_parts, strict_record
+from relay.canonical import (
+    GENESIS,
+    LineError,
+    chain_hash,
+    fast_parts,
+    line_parts,
+    strict_record,
+)
 from relay.gaps import DEFAULT_LAG_THRESHOLD_S
 from relay.logs.base import AuditLog, LogEntry
 from relay.manifest import (
@@ -52,10 +61,24 @@ def _check_and_note(scan: _Scan, line: bytes) -> None:
     facts = scan.facts
     number = facts.count + 1
     try:
-        prev_hash, payload, digest = line_parts(line)
-        record = strict_record(payload)
+        fast = fast_parts(line.rstrip(b"\n"))
+        if fast is None:
+            prev_hash, payload, digest = line_parts(line)
+            record = strict_record(payload)
+        else:  # proven canonical and exactly what orjson reads (as verify does)
+            prev_hash, payload, digest = fast[0].decode(), fast[1], fast[2].decode()
+            record = orjson.loads(payload)
+            if record.get("action") in META_ACTIONS_REPORTED:
+                record = strict_record(payload)
     except LineError as exc:
         raise ExportError(f"log record {number} of the window is unreadable: {exc}") from exc
+    tags = record.get("soc2_controls") or []
+    if (
+        type(record.get("sequence")) is not int
+        or type(tags) is not list
+        or not all(type(t) is str for t in tags)
+    ):
+        raise ExportError(f"log record {number} of the window has mistyped fields")
     if chain_hash(prev_hash, payload.decode()) != digest:
         raise ExportError(
             f"log record {number} of the window fails its hash: "
@@ -81,7 +104,7 @@ def _check_and_note(scan: _Scan, line: bytes) -> None:
         "timestamp_utc": record["timestamp_utc"],
     }
     facts.last_timestamp = record["timestamp_utc"]
-    facts.controls.update(record.get("soc2_controls") or ())
+    facts.controls.update(tags)
     if action in META_ACTIONS_REPORTED:
         facts.meta_events.append(meta_event(number, record))
     scan.prev = digest
