@@ -593,3 +593,36 @@ def test_verify_recomputes_the_exports_gaps_also_in_parallel(
     assert sum("Undocumented gap" in f for f in report.findings) == len(
         manifest["undocumented_gaps"]
     )
+
+
+def test_export_and_verify_previous_from_the_command_line(
+    sqlite_engine: Engine, workdir: Path, rsa_keys: Path
+) -> None:
+    _three_days(sqlite_engine, workdir)
+    key, public = str(rsa_keys / "audit-private.pem"), str(rsa_keys / "audit-public.pem")
+    day = ["--signing-key", key, "--start"]
+    first = run_cli("export", *day, "2026-03-02", "--end", "2026-03-02", "--out", "a", cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    old = next((workdir / "a").glob("*.manifest.json"))
+    third = run_cli(
+        "export",
+        *day,
+        "2026-03-04",
+        "--end",
+        "2026-03-04",
+        "--out",
+        "c",
+        "--previous",
+        str(old),
+        cwd=workdir,
+    )
+    assert third.returncode == 0, third.stderr
+    assert "Linking records" in third.stdout
+    new = next((workdir / "c").glob("*.jsonl"))
+    if new.name.endswith(".link.jsonl"):
+        new = next(p for p in (workdir / "c").glob("*.jsonl") if ".link." not in p.name)
+    checked = run_cli("verify", str(new), "--pubkey", public, "--previous", str(old))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "Previous export: continues" in checked.stdout
+    missing = run_cli("verify", str(new), env={"FLAGTRAIL_TRUSTED_KEYS": "nowhere.pem"})
+    assert missing.returncode == 2 and "FLAGTRAIL_TRUSTED_KEYS" in missing.stderr
