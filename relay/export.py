@@ -33,6 +33,7 @@ from relay.manifest import (
     describe,
     meta_event,
     parse_manifest,
+    rotation_problem,
     summary_sha256,
     window_bounds,
     write_signed,
@@ -72,11 +73,17 @@ def _check_and_note(scan: _Scan, line: bytes) -> None:
                 record = strict_record(payload)
     except LineError as exc:
         raise ExportError(f"log record {number} of the window is unreadable: {exc}") from exc
-    tags = record.get("soc2_controls") or []
+    tags = record.get("soc2_controls")
+    tags = [] if tags is None else tags
+    seq, stamp = record.get("sequence"), record.get("timestamp_utc")
     if (
-        type(record.get("sequence")) is not int
+        type(seq) is not int
+        or type(stamp) is not str
+        or len(stamp) != 27
+        or stamp[-1] != "Z"
         or type(tags) is not list
         or not all(type(t) is str for t in tags)
+        or not isinstance(record.get("chain_id"), str | None)
     ):
         raise ExportError(f"log record {number} of the window has mistyped fields")
     if chain_hash(prev_hash, payload.decode()) != digest:
@@ -88,16 +95,26 @@ def _check_and_note(scan: _Scan, line: bytes) -> None:
     legacy_rotation = action == "sentinel_rotation" and prev_hash == GENESIS
     if scan.prev is not None and prev_hash != scan.prev and not legacy_rotation:
         raise ExportError(f"log record {number} of the window does not link to the one before it")
-    if not isinstance(record.get("sequence"), int) or not isinstance(
-        record.get("timestamp_utc"), str
-    ):
-        raise ExportError(f"log record {number} of the window has no sequence or timestamp")
+    head = facts.head
+    if facts.count == 0:
+        facts.chain_id = record.get("chain_id")
+    elif record.get("chain_id") != facts.chain_id:
+        raise ExportError(f"log record {number} of the window belongs to another chain")
+    if head is not None:
+        if stamp < head["timestamp_utc"]:
+            raise ExportError(f"log record {number} of the window goes back in time")
+        before = (head["sequence"], head["hash"])
+        if action == "sentinel_rotation":
+            problem = rotation_problem(record, prev_hash, before, log_start=False)
+        else:
+            problem = None if seq == before[0] + 1 else f"sequence {seq} follows {before[0]}"
+        if problem:
+            raise ExportError(f"log record {number} of the window: {problem}")
     facts.count = number
     scan.finder.add(record)
     if facts.anchor is None:
         facts.anchor = anchor_of(record, prev_hash)
         facts.first_timestamp = record["timestamp_utc"]
-        facts.chain_id = record.get("chain_id")
     facts.head = {
         "sequence": record["sequence"],
         "hash": digest,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from producers.events import canonical_json
-from relay.gaps import GapFinder
+from relay.gaps import Gap, GapFinder
 from relay.signing import PublicKey, fingerprint, signature_valid
 
 # gap statements written before signed_fields existed sign exactly these
@@ -69,7 +69,23 @@ class CheckedGapFinder(GapFinder):
 
     def add(self, record: dict[str, Any]) -> None:
         before = len(self.gaps)
-        super().add(record)
+        try:
+            super().add(record)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+            # a record whose times cannot be read is itself something to explain,
+            # never a reason to stop reading (export and verify agree on it)
+            self._previous = None  # export and verify resume alike after it
+            stamp = str(record.get("timestamp_utc"))
+            self.gaps.append(
+                Gap(
+                    "unreadable_time",
+                    stamp,
+                    stamp,
+                    "recorded_at or relayed_at is not an RFC 3339 time",
+                    record.get("sequence", 0),
+                )
+            )
+            return
         if record.get("action") != "sentinel_rotation":
             return
         signed = not is_automatic_rotation(record) and statement_signed(record, self.keys)

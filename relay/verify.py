@@ -48,6 +48,7 @@ from relay.manifest import (
     meta_event,
     parse_manifest,
     read_file,
+    rotation_problem,
     summary_sha256,
     window_stem,
 )
@@ -162,25 +163,6 @@ def _is_rotation(payload: bytes) -> bool:
         return payload_action(payload) == "sentinel_rotation"
     except ValueError:
         return False
-
-
-def rotation_problem(
-    record: dict[str, Any], prev_hash: str, before: tuple[int, str], log_start: bool
-) -> str | None:
-    """Why a sentinel_rotation does not name the record before it, if it does not."""
-    if log_start and prev_hash == GENESIS:
-        return None  # nothing before it in this log (a lost log): its meta says what was
-    meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
-    seq, digest = before
-    if meta.get("previous_sequence") != seq or meta.get("previous_hash") != digest:
-        return (
-            f"sentinel_rotation names sequence {meta.get('previous_sequence')} hash "
-            f"{str(meta.get('previous_hash'))[:16]}…, but the record before it is sequence "
-            f"{seq} hash {digest[:16]}… (a forged or misplaced rotation)"
-        )
-    if record["sequence"] != seq + 1:
-        return f"sentinel_rotation has sequence {record['sequence']}, not {seq + 1}"
-    return None
 
 
 def _gap_row(record: dict[str, Any]) -> dict[str, Any]:

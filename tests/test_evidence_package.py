@@ -492,7 +492,9 @@ def test_a_linked_rotation_passes_the_seed_snippet_and_is_reported(
     "forge",
     ["names another record", "names a later hash", "skips a sequence", "restarts from GENESIS"],
 )
-def test_a_rotation_forged_mid_file_fails(workdir: Path, rsa_keys: Path, forge: str) -> None:
+def test_a_rotation_forged_mid_file_fails(
+    workdir: Path, rsa_keys: Path, forge: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     chain = ChainWriter(workdir)
     for _ in range(4):
         chain.add()
@@ -508,6 +510,12 @@ def test_a_rotation_forged_mid_file_fails(workdir: Path, rsa_keys: Path, forge: 
         meta["previous_hash"] = GENESIS
         extra["prev_hash"] = GENESIS
     chain.add("sentinel_rotation", signed(meta, ROTATION_FIELDS, rsa_keys), **extra)
+    with pytest.raises(EvidenceError, match="record 5"):
+        _verify_day(workdir, rsa_keys)  # our export refuses to sign it
+    import relay.export
+
+    # an insider's own exporter signs it anyway: verify, holding the same key, still fails
+    monkeypatch.setattr(relay.export, "rotation_problem", lambda *_, **__: None)
     _, _, report = _verify_day(workdir, rsa_keys)
     assert report.exit_code == 1 and report.finding.record == 5, render(report)
 
