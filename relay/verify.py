@@ -10,6 +10,13 @@ function the export used) and compared field by field.
 Exit codes: 0 intact and signed by a trusted key; 1 a check failed (tampered,
 truncated, bad or missing signature, a manifest that lies); 4 intact but signed
 by a key the user did not name as trusted.
+
+What this cannot catch (an anchor outside the host is needed): an insider who
+holds the signing key can rewrite the log and sign a consistent package for
+it; ``--previous`` catches that only against an export the auditor kept from
+before. Such an insider can also restate the fields verify cannot recompute
+(generated_at, generator, chain_head_at_export, the gap lag threshold, which
+verify reports when it is not the default).
 """
 
 from __future__ import annotations
