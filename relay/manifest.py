@@ -143,8 +143,8 @@ def rotation_problem(
             f"{str(meta.get('previous_hash'))[:16]}…, but the record before it is sequence "
             f"{seq} hash {digest[:16]}… (a forged or misplaced rotation)"
         )
-    if record["sequence"] != seq + 1:
-        return f"sentinel_rotation has sequence {record['sequence']}, not {seq + 1}"
+    if record["sequence"] <= seq:  # a new epoch may skip numbers (a gap), never reuse them
+        return f"sentinel_rotation has sequence {record['sequence']}, not after {seq}"
     return None
 
 

@@ -393,7 +393,7 @@ class ChainWriter:
 
     def __init__(self, workdir: Path) -> None:
         self.log = open_log(f"sqlite:///{workdir / 'log.db'}")
-        self.prev, self.sequence = GENESIS, 0
+        self.prev, self.sequence, self.entries = GENESIS, 0, 0
         self.now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
     def add(self, action: str = "update", meta: dict | None = None, **changes: Any) -> dict:
@@ -425,10 +425,10 @@ class ChainWriter:
         }
         self.sequence = record["sequence"]
         digest, line = seal(record, prev)
-        self.log.append(
-            [LogEntry(record["sequence"], record["timestamp_utc"], digest, line, None)],
-            self.log.tail().sequence if self.log.tail() else 0,
-        )
+        # the log's row number: the record's, unless a forged record reuses one
+        row = max(record["sequence"], self.entries + 1)
+        self.log.append([LogEntry(row, record["timestamp_utc"], digest, line, None)], self.entries)
+        self.entries = row
         self.prev = digest
         return {**record, "hash": digest, "prev_hash": prev}
 
@@ -490,7 +490,7 @@ def test_a_linked_rotation_passes_the_seed_snippet_and_is_reported(
 
 @pytest.mark.parametrize(
     "forge",
-    ["names another record", "names a later hash", "skips a sequence", "restarts from GENESIS"],
+    ["names another record", "names a later hash", "reuses a sequence", "restarts from GENESIS"],
 )
 def test_a_rotation_forged_mid_file_fails(
     workdir: Path, rsa_keys: Path, forge: str, monkeypatch: pytest.MonkeyPatch
@@ -504,8 +504,8 @@ def test_a_rotation_forged_mid_file_fails(
         meta["previous_sequence"] = 2
     elif forge == "names a later hash":
         meta["previous_hash"] = "f" * 64
-    elif forge == "skips a sequence":
-        extra["sequence"] = chain.sequence + 2
+    elif forge == "reuses a sequence":
+        extra["sequence"] = chain.sequence
     else:
         meta["previous_hash"] = GENESIS
         extra["prev_hash"] = GENESIS
@@ -634,3 +634,19 @@ def test_export_and_verify_previous_from_the_command_line(
     assert "Previous export: continues" in checked.stdout
     missing = run_cli("verify", str(new), env={"FLAGTRAIL_TRUSTED_KEYS": "nowhere.pem"})
     assert missing.returncode == 2 and "FLAGTRAIL_TRUSTED_KEYS" in missing.stderr
+
+
+def test_a_rotation_may_skip_sequence_numbers_and_the_jump_is_a_gap(
+    workdir: Path, rsa_keys: Path
+) -> None:
+    """A relay that lost the log's tail continues numbering after its checkpoint."""
+    chain = ChainWriter(workdir)
+    for _ in range(3):
+        chain.add()
+    meta = chain.rotation_meta(automatic=True, last_trusted_sequence=5, last_trusted_hash="a" * 64)
+    chain.add("sentinel_rotation", meta, sequence=6)
+    chain.add()
+    _, manifest, report = _verify_day(workdir, rsa_keys)
+    assert report.ok, render(report)
+    kinds = {(g["kind"], g["sequence"]) for g in manifest["undocumented_gaps"]}
+    assert {("rotation", 6), ("sequence_jump", 6)} <= kinds
