@@ -214,7 +214,11 @@ def export_window(
         facts.head = _point(before) or {"sequence": 0, "hash": GENESIS, "timestamp_utc": None}
         facts.anchor = {"sequence": facts.head["sequence"], "hash": facts.head["hash"]}
         if before is not None:
-            facts.chain_id = strict_record(before.line).get("chain_id")
+            try:
+                chain_id = strict_record(before.line).get("chain_id")
+            except LineError as exc:
+                raise ExportError(f"the log's record before the window is unreadable: {exc}")
+            facts.chain_id = chain_id if isinstance(chain_id, str) else None
     paths.signature.write_bytes(sign_digest(bytes.fromhex(file_sha256), key))
     paths.public_key.write_bytes(public_pem(public_key))
 
