@@ -217,7 +217,9 @@ def export_window(
             try:
                 chain_id = strict_record(before.line).get("chain_id")
             except LineError as exc:
-                raise ExportError(f"the log's record before the window is unreadable: {exc}")
+                raise ExportError(
+                    f"the log's record before the window is unreadable: {exc}"
+                ) from None
             facts.chain_id = chain_id if isinstance(chain_id, str) else None
     paths.signature.write_bytes(sign_digest(bytes.fromhex(file_sha256), key))
     paths.public_key.write_bytes(public_pem(public_key))
