@@ -20,7 +20,6 @@ from flagtrail import __version__
 from flagtrail.logs import configure as configure_logging
 from producers.errors import (
     EXIT_ERROR,
-    EXIT_TAMPERED,
     ConfigError,
     FlagtrailError,
     InvalidChange,
@@ -243,27 +242,42 @@ def cmd_export(args: argparse.Namespace) -> int:
             key,
             controls,
             progress=lambda n: print(f"  … {n:,} records", file=sys.stderr),
+            previous=Path(args.previous) if args.previous else None,
         )
     print(f"Evidence file : {paths.jsonl}")
     print(f"Signature file: {paths.signature}")
-    print(f"Manifest      : {paths.manifest}")
+    print(f"Manifest      : {paths.manifest} (signed: {paths.manifest_signature.name})")
     print(f"Summary       : {paths.summary}")
     print(f"Records       : {manifest['record_count']}")
     print(f"SHA-256       : {manifest['sha256']}")
     if manifest["record_count"] == 0:
         print("Note: no events in this window.", file=sys.stderr)
-    print(f"Verify with   : {manifest['verify_commands'][0]}")
+    if manifest["link"]:
+        print(f"Linking records: {paths.link} ({manifest['link']['record_count']})")
+    print(f"Key           : {manifest['public_key_fingerprint']}")
+    print(f"Verify with   : {manifest['verify_commands'][3]}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from relay.trust import Trust
     from relay.verify import render, verify_export
 
+    trust = (
+        Trust()
+        if args.chain_only
+        else Trust.from_environment([Path(p) for p in args.pubkey], args.key_fingerprint)
+    )
     report = verify_export(
-        Path(args.file), Path(args.pubkey) if args.pubkey else None, args.anchor, args.workers
+        Path(args.file),
+        anchor=args.anchor,
+        workers=args.workers,
+        trust=trust,
+        previous=Path(args.previous) if args.previous else None,
+        chain_only=args.chain_only,
     )
     print(render(report))
-    return 0 if report.ok else EXIT_TAMPERED
+    return report.exit_code
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -535,19 +549,55 @@ def build_parser() -> argparse.ArgumentParser:
         help="private key PEM [env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
     )
     p.add_argument("--out", default=".", help="output folder (default: here)")
+    p.add_argument(
+        "--previous",
+        metavar="OLD.manifest.json",
+        help="the previous export's manifest: this manifest names its head, and carries "
+        "the records between that head and this window (<stem>.link.jsonl) if any",
+    )
     _add_backends(p, outbox=False)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "verify",
-        help="check an export's chain, manifest and signature",
-        description="Exit 0 when intact; exit 1 naming the first bad record.",
+        help="check an export's chain, signed manifest and signature against a trusted key",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Checks the chain, the .jsonl signature and the signed manifest (window, "
+        "chain id, counts, anchor and head, rotations, gaps, statements, summary).\n"
+        "Trusted keys: --pubkey PEM, --key-fingerprint SHA256:<hex> (trusts the key shipped "
+        "in the package only if it has this fingerprint), or FLAGTRAIL_TRUSTED_KEYS=FILE: a "
+        "PEM bundle of public keys, or lines of SHA256:<hex> fingerprints (# comments). "
+        "A key found only in the package is never trusted.\n"
+        "Exit codes: 0 intact and signed by a trusted key; 1 a check failed (tampered, "
+        "missing or bad signature, a manifest that does not match); 2 usage; 4 intact but "
+        "signed by an untrusted key.",
     )
     p.add_argument("file", help="the .jsonl export")
     p.add_argument(
         "--pubkey",
-        help="the registered public key PEM (default: the key the "
-        "manifest names, if beside the file)",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="a registered public key (trusted); repeatable",
+    )
+    p.add_argument(
+        "--key-fingerprint",
+        action="append",
+        default=[],
+        metavar="SHA256:HEX",
+        help="trust the package's key if its DER SubjectPublicKeyInfo has this SHA-256 "
+        "(openssl pkey -pubin -outform DER | sha256sum); repeatable",
+    )
+    p.add_argument(
+        "--previous",
+        metavar="OLD.manifest.json",
+        help="the previous export's manifest: check that this export continues its chain",
+    )
+    p.add_argument(
+        "--chain-only",
+        action="store_true",
+        help="check hashes and links only: NOT the signature, the signer, the manifest or "
+        "the window",
     )
     p.add_argument(
         "--anchor",

@@ -1,14 +1,13 @@
-"""The evidence package: JSONL in chain order, detached signature, manifest, summary."""
+"""The evidence package: JSONL in chain order, detached signature, signed manifest, summary,
+and, when the previous export's head lies before this window, the linking records."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,122 +15,169 @@ import orjson
 
 from flagtrail import __version__
 from producers.controls import CONTROL_ORDER
-from producers.errors import ConfigError, FlagtrailError
-from relay.canonical import GENESIS, LineError, chain_hash, line_parts
-from relay.gaps import GapFinder
-from relay.logs.base import AuditLog
-from relay.signing import (
-    PUBLIC_KEY_FILE,
-    fingerprint,
-    load_private_key,
-    public_pem,
-    sign_digest,
+from producers.errors import ConfigError, EvidenceError
+from relay.canonical import (
+    GENESIS,
+    LineError,
+    chain_hash,
+    fast_parts,
+    line_parts,
+    strict_record,
 )
+from relay.gaps import DEFAULT_LAG_THRESHOLD_S
+from relay.logs.base import AuditLog, LogEntry
+from relay.manifest import (
+    PackagePaths,
+    WindowFacts,
+    anchor_of,
+    describe,
+    meta_event,
+    parse_manifest,
+    rotation_problem,
+    summary_sha256,
+    window_bounds,
+    write_signed,
+)
+from relay.signing import fingerprint, load_private_key, public_pem, sign_digest
+from relay.statements import CheckedGapFinder
 from relay.summary import format_summary
 
+__all__ = ["ExportError", "PackagePaths", "export_window", "window_bounds"]
 META_ACTIONS_REPORTED = ("sentinel_rotation", "gap_documented")
 
 
-class ExportError(FlagtrailError):
-    """The log itself fails the chain check while being exported."""
-
-
-@dataclass(frozen=True)
-class PackagePaths:
-    jsonl: Path
-    signature: Path
-    manifest: Path
-    summary: Path
-    public_key: Path
-
-    @classmethod
-    def for_window(cls, out_dir: Path, start: date, end: date) -> PackagePaths:
-        stem = f"flag-audit-soc2_{start.isoformat()}_{end.isoformat()}"
-        return cls(
-            out_dir / f"{stem}.jsonl",
-            out_dir / f"{stem}.jsonl.sig",
-            out_dir / f"{stem}.manifest.json",
-            out_dir / f"{stem}.summary.txt",
-            out_dir / PUBLIC_KEY_FILE,
-        )
-
-    @classmethod
-    def beside(cls, jsonl: Path) -> PackagePaths:
-        stem = jsonl.name.removesuffix(".jsonl")
-        return cls(
-            jsonl,
-            jsonl.with_name(jsonl.name + ".sig"),
-            jsonl.with_name(f"{stem}.manifest.json"),
-            jsonl.with_name(f"{stem}.summary.txt"),
-            jsonl.with_name(PUBLIC_KEY_FILE),
-        )
+class ExportError(EvidenceError):
+    """The log itself fails the chain check while being exported (exit 1: tampered)."""
 
 
 @dataclass
-class _WindowScan:
-    """What the export learns while streaming the window."""
-
-    count: int = 0
-    anchor: str | None = None
-    anchor_sequence: int | None = None
-    head: str | None = None
-    head_sequence: int | None = None
-    first_timestamp: str | None = None
-    last_timestamp: str | None = None
-    controls: Counter[str] = field(default_factory=Counter)
-    meta_events: list[dict[str, Any]] = field(default_factory=list)
-    gaps: GapFinder = field(default_factory=GapFinder)
+class _Scan:
+    facts: WindowFacts
+    finder: CheckedGapFinder
+    prev: str | None = None
 
 
-def window_bounds(start: date, end: date) -> tuple[str, str]:
-    """Whole UTC days, both included: [start 00:00, end+1 00:00)."""
-    if end < start:
-        raise ConfigError(f"--end {end} is before --start {start}")
-    return (
-        f"{start.isoformat()}T00:00:00.000000Z",
-        f"{(end + timedelta(days=1)).isoformat()}T00:00:00.000000Z",
-    )
-
-
-def _check_and_note(scan: _WindowScan, line: bytes, prev: str | None) -> str:
-    """Check one record's hash and link; returns its hash."""
+def _check_and_note(scan: _Scan, line: bytes) -> None:
+    """Check one record's hash and link, and note what the manifest reports."""
+    facts = scan.facts
+    number = facts.count + 1
     try:
-        prev_hash, payload_bytes, digest = line_parts(line)
+        fast = fast_parts(line.rstrip(b"\n"))
+        if fast is None:
+            prev_hash, payload, digest = line_parts(line)
+            record = strict_record(payload)
+        else:  # proven canonical and exactly what orjson reads (as verify does)
+            prev_hash, payload, digest = fast[0].decode(), fast[1], fast[2].decode()
+            record = orjson.loads(payload)
+            if record.get("action") in META_ACTIONS_REPORTED:
+                record = strict_record(payload)
     except LineError as exc:
+        raise ExportError(f"log record {number} of the window is unreadable: {exc}") from exc
+    tags = record.get("soc2_controls")
+    tags = [] if tags is None else tags
+    seq, stamp = record.get("sequence"), record.get("timestamp_utc")
+    if (
+        type(seq) is not int
+        or type(stamp) is not str
+        or len(stamp) != 27
+        or stamp[-1] != "Z"
+        or type(tags) is not list
+        or not all(type(t) is str for t in tags)
+        or not isinstance(record.get("chain_id"), str | None)
+    ):
+        raise ExportError(f"log record {number} of the window has mistyped fields")
+    if chain_hash(prev_hash, payload.decode()) != digest:
         raise ExportError(
-            f"log record {scan.count + 1} of the window is unreadable: {exc}"
-        ) from exc
-    payload = payload_bytes.decode()
-    if chain_hash(prev_hash, payload) != digest:
-        raise ExportError(
-            f"log record {scan.count + 1} of the window fails its hash: "
+            f"log record {number} of the window fails its hash: "
             "the log was altered; do not hand this export to an auditor"
         )
-    record = orjson.loads(payload)
-    rotation = record.get("action") == "sentinel_rotation" and prev_hash == GENESIS
-    if prev is not None and prev_hash != prev and not rotation:
-        raise ExportError(
-            f"log record {scan.count + 1} of the window does not link to the one before it"
-        )
-    scan.count += 1
-    scan.gaps.add(record)
-    if scan.anchor is None:
-        scan.anchor, scan.anchor_sequence = prev_hash, record["sequence"] - 1
-        scan.first_timestamp = record["timestamp_utc"]
-    scan.head, scan.head_sequence = digest, record["sequence"]
-    scan.last_timestamp = record["timestamp_utc"]
-    scan.controls.update(record.get("soc2_controls", []))
-    if record.get("action") in META_ACTIONS_REPORTED:
-        scan.meta_events.append(
-            {
-                "record": scan.count,
-                "sequence": record["sequence"],
-                "action": record["action"],
-                "timestamp_utc": record["timestamp_utc"],
-                "details": record.get("meta"),
-            }
-        )
-    return digest
+    action = record.get("action")
+    legacy_rotation = action == "sentinel_rotation" and prev_hash == GENESIS
+    if scan.prev is not None and prev_hash != scan.prev and not legacy_rotation:
+        raise ExportError(f"log record {number} of the window does not link to the one before it")
+    head = facts.head
+    if facts.count == 0:
+        facts.chain_id = record.get("chain_id")
+    elif record.get("chain_id") != facts.chain_id:
+        raise ExportError(f"log record {number} of the window belongs to another chain")
+    if head is not None:
+        if stamp < head["timestamp_utc"]:
+            raise ExportError(f"log record {number} of the window goes back in time")
+        before = (head["sequence"], head["hash"])
+        if action == "sentinel_rotation":
+            problem = rotation_problem(record, prev_hash, before, log_start=False)
+        else:
+            problem = None if seq == before[0] + 1 else f"sequence {seq} follows {before[0]}"
+        if problem:
+            raise ExportError(f"log record {number} of the window: {problem}")
+    facts.count = number
+    scan.finder.add(record)
+    if facts.anchor is None:
+        facts.anchor = anchor_of(record, prev_hash)
+        facts.first_timestamp = record["timestamp_utc"]
+    facts.head = {
+        "sequence": record["sequence"],
+        "hash": digest,
+        "timestamp_utc": record["timestamp_utc"],
+    }
+    facts.last_timestamp = record["timestamp_utc"]
+    facts.controls.update(tags)
+    if action in META_ACTIONS_REPORTED:
+        facts.meta_events.append(meta_event(number, record))
+    scan.prev = digest
+
+
+def _point(entry: LogEntry | None) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    return {
+        "sequence": entry.sequence,
+        "hash": entry.record_hash,
+        "timestamp_utc": entry.timestamp_utc,
+    }
+
+
+def _last_before(audit_log: AuditLog, since: str, tail: LogEntry | None) -> LogEntry | None:
+    """The chain's last record before ``since`` (an empty window's anchor and head)."""
+    if tail is None or tail.timestamp_utc < since:
+        return tail
+    last = None
+    for last in audit_log.read(None, since):  # noqa: B007 - a backfill of a quiet window
+        pass
+    return last
+
+
+def _entries_between(audit_log: AuditLog, after: dict[str, Any], since: str) -> Iterator[bytes]:
+    """Lines of the records after the previous export's head and before this window."""
+    for entry in audit_log.read(after.get("timestamp_utc"), since):
+        if entry.sequence > after["sequence"]:
+            yield entry.line.encode() + b"\n"
+
+
+def _read_previous(path: Path) -> tuple[dict[str, Any], str]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--previous: cannot read {path}: {exc.strerror}") from None
+    try:
+        return parse_manifest(data, f"--previous {path}"), hashlib.sha256(data).hexdigest()
+    except EvidenceError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _write_lines(target: Path, lines: Iterator[bytes], note: Callable[[bytes], None]) -> str:
+    """Write lines to ``target`` (atomically, fsynced); returns the SHA-256 hex."""
+    digest = hashlib.sha256()
+    partial = target.with_name(target.name + ".partial")
+    with partial.open("wb") as out:
+        for line in lines:
+            note(line)
+            out.write(line)
+            digest.update(line)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, target)  # never leave a half-written file under the real name
+    return digest.hexdigest()
 
 
 def export_window(
@@ -142,92 +188,125 @@ def export_window(
     signing_key_path: Path,
     controls: list[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    previous: Path | None = None,
+    lag_threshold_s: float = DEFAULT_LAG_THRESHOLD_S,
 ) -> tuple[PackagePaths, dict[str, Any]]:
     """Write the evidence package for [start, end]; returns its paths and manifest."""
     since, until = window_bounds(start, end)
     key = load_private_key(signing_key_path)  # fail before writing anything
+    public_key = key.public_key()
+    old = _read_previous(previous) if previous else None
+    tail = audit_log.tail()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = PackagePaths.for_window(out_dir, start, end)
-    scan = _WindowScan()
-    file_hash = hashlib.sha256()
-    partial = paths.jsonl.with_name(paths.jsonl.name + ".partial")
-    prev: str | None = None
-    with partial.open("wb") as out:
-        for entry in audit_log.read(since, until):
-            line = entry.line.encode() + b"\n"
-            prev = _check_and_note(scan, line, prev)
-            out.write(line)
-            file_hash.update(line)
-            if progress and scan.count % 50_000 == 0:
-                progress(scan.count)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(partial, paths.jsonl)  # never leave a half-written export under the real name
+    scan = _Scan(WindowFacts(), CheckedGapFinder([public_key], lag_threshold_s))
 
-    digest = file_hash.digest()
-    paths.signature.write_bytes(sign_digest(digest, key))
-    public_key = key.public_key()
+    def note(line: bytes) -> None:
+        _check_and_note(scan, line)
+        if progress and scan.facts.count % 50_000 == 0:
+            progress(scan.facts.count)
+
+    lines = (entry.line.encode() + b"\n" for entry in audit_log.read(since, until))
+    file_sha256 = _write_lines(paths.jsonl, lines, note)
+    facts = scan.facts
+    if facts.count == 0:  # an empty window still names where the chain stood
+        before = _last_before(audit_log, since, tail)
+        facts.head = _point(before) or {"sequence": 0, "hash": GENESIS, "timestamp_utc": None}
+        facts.anchor = {"sequence": facts.head["sequence"], "hash": facts.head["hash"]}
+        if before is not None:
+            try:
+                chain_id = strict_record(before.line).get("chain_id")
+            except LineError as exc:
+                raise ExportError(
+                    f"the log's record before the window is unreadable: {exc}"
+                ) from None
+            facts.chain_id = chain_id if isinstance(chain_id, str) else None
+    paths.signature.write_bytes(sign_digest(bytes.fromhex(file_sha256), key))
     paths.public_key.write_bytes(public_pem(public_key))
-    reported = controls or [c for c in CONTROL_ORDER if scan.controls.get(c)]
-    scan.gaps.note_statements_after(audit_log, until)
-    rotations = [m for m in scan.meta_events if m["action"] == "sentinel_rotation"]
-    summary = format_summary(scan.controls, reported, [r["record"] for r in rotations])
+
+    after_lines = []
+    for entry in audit_log.read(until, None):  # statements are usually written later
+        if '"action":"gap_documented"' in entry.line:
+            scan.finder.note_statement(strict_record(entry.line))
+            after_lines.append(entry.line)
+    facts.gaps = [g.as_dict() for g in scan.finder.result()]
+
+    reported = controls or [c for c in CONTROL_ORDER if facts.controls.get(c)]
+    rotations = [m["record"] for m in facts.meta_events if m["action"] == "sentinel_rotation"]
+    summary = format_summary(facts.controls, reported, rotations)
     paths.summary.write_text(summary)
-    manifest = _manifest(
-        paths, scan, start, end, since, until, digest.hex(), fingerprint(public_key), reported
+    key_fingerprint = fingerprint(public_key)
+    manifest = describe(
+        facts,
+        paths.jsonl.name,
+        start,
+        end,
+        reported,
+        lag_threshold_s,
+        summary_sha256(summary),
+        key_fingerprint,
     )
-    paths.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest.update(
+        {
+            "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "generator": f"flagtrail {__version__}",
+            "sha256": file_sha256,
+            "chain_head_at_export": _point(tail),
+            "statements_after_window": after_lines,
+            "public_key": paths.public_key.name,
+            "public_key_fingerprint": key_fingerprint,
+            "previous_export": None,
+            "link": None,
+        }
+    )
+    if old is not None:
+        _link_previous(audit_log, manifest, old, paths, since, facts)
+    if manifest["link"] is None:
+        paths.link.unlink(missing_ok=True)  # a stale one from an earlier run binds nothing
+    write_signed(paths.manifest, paths.manifest_signature, manifest, key)
     return paths, manifest
 
 
-def _manifest(
+def _link_previous(
+    audit_log: AuditLog,
+    manifest: dict[str, Any],
+    old_and_digest: tuple[dict[str, Any], str],
     paths: PackagePaths,
-    scan: _WindowScan,
-    start: date,
-    end: date,
     since: str,
-    until: str,
-    sha256_hex: str,
-    key_fingerprint: str,
-    reported: list[str],
-) -> dict[str, Any]:
-    jsonl, sig = paths.jsonl.name, paths.signature.name
-    return {
-        "manifest_version": 1,
-        "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "generator": f"flagtrail {__version__}",
-        "window": {
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            "from_utc": since,
-            "until_utc": until,
-            "days_inclusive": True,
-        },
-        "evidence_file": jsonl,
-        "signature_file": sig,
-        "summary_file": paths.summary.name,
-        "record_count": scan.count,
-        "sha256": sha256_hex,
-        "anchor": {
-            "hash": scan.anchor,
-            "sequence": scan.anchor_sequence,
-            "starts_at_genesis": scan.anchor == GENESIS,
-        },
-        "head": {"hash": scan.head, "sequence": scan.head_sequence},
-        "first_timestamp_utc": scan.first_timestamp,
-        "last_timestamp_utc": scan.last_timestamp,
-        "rotations": [m for m in scan.meta_events if m["action"] == "sentinel_rotation"],
-        "gap_statements": [m for m in scan.meta_events if m["action"] == "gap_documented"],
-        "documented_gaps": [g.as_dict() for g in scan.gaps.result() if g.documented_by],
-        "undocumented_gaps": [g.as_dict() for g in scan.gaps.result() if not g.documented_by],
-        "controls_reported": reported,
-        "control_counts": {c: scan.controls.get(c, 0) for c in reported},
-        "public_key": paths.public_key.name,
-        "public_key_fingerprint": key_fingerprint,
-        "verify_commands": [
-            f"openssl dgst -sha256 -verify {paths.public_key.name} -signature {sig} {jsonl}",
-            f"sha256sum {jsonl}",
-            f"flagtrail verify {jsonl} --pubkey {paths.public_key.name}"
-            + ("" if scan.anchor in (None, GENESIS) else f" --anchor {scan.anchor}"),
-        ],
+    facts: WindowFacts,
+) -> None:
+    """Name the previous export's head; carry the records between it and this anchor."""
+    old, old_digest = old_and_digest
+    old_head = old.get("head") or {"sequence": 0, "hash": GENESIS}
+    if old.get("chain_id") not in (None, facts.chain_id) and facts.chain_id is not None:
+        raise ConfigError(
+            f"--previous is an export of chain {old.get('chain_id')!r}, not {facts.chain_id!r}"
+        )
+    manifest["previous_export"] = {
+        "sequence": old_head["sequence"],
+        "hash": old_head["hash"],
+        "manifest_sha256": old_digest,
+        "evidence_file": old.get("evidence_file"),
+    }
+    anchor = facts.anchor or {"sequence": 0, "hash": GENESIS}
+    if old_head["sequence"] >= anchor["sequence"]:
+        return  # the old head is this anchor or inside this window: verify finds it there
+    link = _Scan(WindowFacts(), CheckedGapFinder([], DEFAULT_LAG_THRESHOLD_S), old_head["hash"])
+    sha = _write_lines(
+        paths.link,
+        _entries_between(audit_log, old_head, since),
+        lambda line: _check_and_note(link, line),
+    )
+    first, last = link.facts.anchor, link.facts.head
+    if last is None or last["hash"] != anchor["hash"] or (first or {})["hash"] != old_head["hash"]:
+        raise ExportError(
+            "the log between the previous export's head and this window does not link "
+            "(the log was rewritten or lost since the previous export)"
+        )
+    manifest["link"] = {
+        "file": paths.link.name,
+        "record_count": link.facts.count,
+        "sha256": sha,
+        "from_sequence": old_head["sequence"],
+        "to_sequence": anchor["sequence"],
     }

@@ -40,11 +40,21 @@ def generate_keypair(
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_CREAT's mode applies only to a new file: an overwritten key keeps the old
+    # file's mode, so write a fresh 0600 file beside it and rename it over the old one
+    partial = private_path.with_name(private_path.name + ".new")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # whatever the umask
         f.write(pem)
+    os.replace(partial, private_path)
     public_path.write_bytes(public_pem(key.public_key()))
     return private_path, public_path
+
+
+def fingerprint_of_der(der: bytes) -> str:
+    return "SHA256:" + hashlib.sha256(der).hexdigest()
 
 
 def public_pem(key: PublicKey) -> bytes:
@@ -58,7 +68,7 @@ def fingerprint(key: PublicKey) -> str:
     der = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return "SHA256:" + hashlib.sha256(der).hexdigest()
+    return fingerprint_of_der(der)
 
 
 def _read(path: Path, what: str, hint: str) -> bytes:
@@ -88,12 +98,16 @@ def load_private_key(path: Path) -> PrivateKey:
 
 def load_public_key(path: Path) -> PublicKey:
     data = _read(path, "public key", "pass the auditor's registered key with --pubkey")
+    return parse_public_key(data, str(path))
+
+
+def parse_public_key(data: bytes, where: str) -> PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise ConfigError(f"{path} is not a PEM public key: {exc}") from exc
+        raise ConfigError(f"{where} is not a PEM public key: {exc}") from exc
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-        raise ConfigError(f"{path}: only RSA and EC public keys are supported")
+        raise ConfigError(f"{where}: only RSA and EC public keys are supported")
     return key
 
 

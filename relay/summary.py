@@ -6,9 +6,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import orjson
-
-from producers.errors import ConfigError
+from producers.errors import ConfigError, EvidenceError
+from relay.canonical import LineError, strict_record
 
 
 def format_summary(
@@ -20,7 +19,8 @@ def format_summary(
     lines = ["SOC2 control coverage summary:"]
     lines += [f" {ctrl}: {counts.get(ctrl, 0)} events" for ctrl in sorted(wanted)]
     lines += [
-        f"Sentinel rotation at record {r}: the chain restarts from GENESIS" for r in rotations
+        f"Sentinel rotation at record {r}: a new epoch starts (see the manifest's rotations)"
+        for r in rotations
     ]
     return "\n".join(lines) + "\n"
 
@@ -33,14 +33,12 @@ def count_controls(path: Path) -> tuple[Counter[str], list[int]]:
         with path.open("rb") as f:
             for number, line in enumerate(f, 1):
                 try:
-                    record = orjson.loads(line)
-                    counts.update(record.get("soc2_controls", []))
-                    if record.get("action") == "sentinel_rotation":
-                        rotations.append(number)
-                except (orjson.JSONDecodeError, AttributeError) as exc:
-                    raise ConfigError(
-                        f"{path}: record {number} is not a JSON object: {exc}"
-                    ) from None
+                    record = strict_record(line)
+                except LineError as exc:
+                    raise EvidenceError(f"{path}: record {number} is unreadable: {exc}") from None
+                counts.update(record.get("soc2_controls") or ())
+                if record.get("action") == "sentinel_rotation":
+                    rotations.append(number)
     except FileNotFoundError:
         raise ConfigError(f"export {path} not found") from None
     except OSError as exc:

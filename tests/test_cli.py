@@ -209,8 +209,10 @@ def test_unknown_actor_is_blocked_and_the_rejection_is_recorded(workdir: Path) -
 
 def test_unreadable_export_lines_are_named(workdir: Path) -> None:
     (workdir / "x.jsonl").write_text('{"not": "a record"}\n')
-    result = run_cli("verify", "x.jsonl", cwd=workdir)
+    result = run_cli("verify", "x.jsonl", "--chain-only", cwd=workdir)
     assert result.returncode == 1 and "record 1: hash or prev_hash is missing" in result.stdout
+    unsigned = run_cli("verify", "x.jsonl", cwd=workdir)  # no manifest: nothing binds it
+    assert unsigned.returncode == 1 and "manifest" in unsigned.stderr
 
 
 def test_keygen_refuses_to_overwrite(workdir: Path) -> None:

@@ -88,7 +88,8 @@ def test_operator_rotation_links_to_the_record_before_it_and_is_reported(
     assert [r["sequence"] for r in records] == [1, 2, 3, 4, 5, 6]
     paths, manifest = export_today(workdir, rsa_keys)
     assert [r["record"] for r in manifest["rotations"]] == [4]
-    assert verify_export(paths.jsonl).ok
+    report = verify_export(paths.jsonl, rsa_keys / "audit-public.pem")
+    assert report.ok and report.rotations == [4]
     assert "Chain intact: 6 records" in seed_snippet(paths.jsonl)
     assert "Sentinel rotation at record 4" in paths.summary.read_text()
     summary = run_cli("summary", str(paths.jsonl), cwd=workdir)
@@ -121,7 +122,8 @@ def test_relay_rotates_by_itself_when_the_log_is_lost(workdir: Path, rsa_keys: P
     assert [r["sequence"] for r in records] == [1, 2, 3]
     assert [r["flag_key"] for r in records[1:]] == ["flag-4", "flag-5"]  # old rows not re-sent
     paths, _ = export_today(workdir, rsa_keys)
-    assert verify_export(paths.jsonl).ok
+    report = verify_export(paths.jsonl, rsa_keys / "audit-public.pem")
+    assert report.ok and report.rotations == [1]
     assert "Chain intact: 3 records" in seed_snippet(paths.jsonl)
 
 

@@ -104,7 +104,7 @@ def test_truncated_log_rotates_naming_both_heads_and_stays_undocumented_until_st
 
     paths, manifest = export_today(workdir, rsa_keys)
     assert "Chain intact: 6 records" in seed_snippet(paths.jsonl)
-    assert verify_export(paths.jsonl).ok
+    assert verify_export(paths.jsonl, rsa_keys / "audit-public.pem").ok
     assert [g["kind"] for g in manifest["undocumented_gaps"]] == ["rotation"]
 
     scan = gap_scan(workdir, "--fail-on-undocumented")
@@ -315,7 +315,7 @@ def test_rows_the_relay_cannot_seal_are_quarantined_and_the_rows_after_them_flow
     assert f'"limit":{huge}' in lines[-1]  # the exact integer was hashed
     check_chain(lines)
     paths, _ = export_today(workdir, rsa_keys)
-    assert verify_export(paths.jsonl).ok
+    assert verify_export(paths.jsonl, rsa_keys / "audit-public.pem").ok
     assert "Chain intact" in seed_snippet(paths.jsonl)
     scan = gap_scan(workdir, "--fail-on-undocumented")  # evidence an auditor must hear of
     assert scan.returncode == 1

@@ -1,0 +1,110 @@
+"""Signed statements inside the chain: gap statements and operator rotations.
+
+A ``gap_documented`` record or an operator ``sentinel_rotation`` carries in
+``meta``: ``statement_signature`` (base64 of ``sign_digest(sha256(canonical_json(
+statement)))``), ``signing_key_fingerprint`` and ``signed_fields`` (the meta keys
+the statement is made of). A statement documents something only when its
+signature checks with a key the reader holds: the exporter's own key, or a
+verifier's trusted keys. Everything else documents nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from producers.events import canonical_json
+from relay.gaps import Gap, GapFinder
+from relay.signing import PublicKey, fingerprint, signature_valid
+
+# gap statements written before signed_fields existed sign exactly these
+DEFAULT_SIGNED_FIELDS = {"gap_documented": ("from", "to", "reason", "author", "stated_at")}
+
+
+def statement_signed(record: dict[str, Any], keys: Sequence[PublicKey]) -> bool:
+    """True when the record's statement signature checks with one of ``keys``."""
+    meta = record.get("meta")
+    if not isinstance(meta, dict):
+        return False
+    fields = meta.get("signed_fields", DEFAULT_SIGNED_FIELDS.get(str(record.get("action"))))
+    signature_text = meta.get("statement_signature")
+    if (
+        not isinstance(fields, list | tuple)
+        or not fields
+        or not all(isinstance(f, str) and f in meta for f in fields)
+        or not isinstance(signature_text, str)
+    ):
+        return False
+    try:
+        signature = base64.b64decode(signature_text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    digest = hashlib.sha256(canonical_json({f: meta[f] for f in fields}).encode()).digest()
+    named = meta.get("signing_key_fingerprint")
+    candidates = [k for k in keys if fingerprint(k) == named] or list(keys)
+    return any(signature_valid(digest, signature, key) for key in candidates)
+
+
+def is_automatic_rotation(record: dict[str, Any]) -> bool:
+    meta = record.get("meta")
+    return isinstance(meta, dict) and meta.get("automatic") is True
+
+
+class CheckedGapFinder(GapFinder):
+    """GapFinder where only signed statements document gaps.
+
+    A gap statement with a bad or missing signature is ignored; a rotation
+    documents itself only when it is an operator rotation with a good
+    signature (an automatic one, or an unsigned one, stays undocumented unless
+    a signed gap statement covers its time).
+    """
+
+    def __init__(self, keys: Sequence[PublicKey], lag_threshold_s: float) -> None:
+        super().__init__(lag_threshold_s=lag_threshold_s)
+        self.keys = list(keys)
+        self.rejected_statements: list[dict[str, Any]] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        before = len(self.gaps)
+        try:
+            super().add(record)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+            # a record whose times cannot be read is itself something to explain,
+            # never a reason to stop reading (export and verify agree on it)
+            self._previous = None  # export and verify resume alike after it
+            stamp = str(record.get("timestamp_utc"))
+            self.gaps.append(
+                Gap(
+                    "unreadable_time",
+                    stamp,
+                    stamp,
+                    "recorded_at or relayed_at is not an RFC 3339 time",
+                    record.get("sequence", 0),
+                )
+            )
+            return
+        if record.get("action") != "sentinel_rotation":
+            return
+        signed = not is_automatic_rotation(record) and statement_signed(record, self.keys)
+        for gap in self.gaps[before:]:
+            if gap.kind == "rotation":
+                gap.documented_by = record.get("event_id") if signed else None
+
+    def restart_from(self, record: dict[str, Any]) -> None:
+        """Resume the analysis at ``record``, the last of a run of ordinary on-time
+        records that were left out (verify's shortcut): nothing before it is compared."""
+        if not hasattr(self, "_previous"):  # relies on GapFinder's one piece of state
+            raise RuntimeError("GapFinder changed: CheckedGapFinder.restart_from needs updating")
+        self._previous = None
+        self.add(record)
+
+    def note_statement(self, record: dict[str, Any]) -> None:
+        if statement_signed(record, self.keys):
+            super().note_statement(record)
+        else:
+            self.rejected_statements.append(
+                {"sequence": record.get("sequence"), "event_id": record.get("event_id")}
+            )
