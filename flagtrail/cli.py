@@ -267,12 +267,16 @@ def _timestamp(text: str):  # -> datetime
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     from flagtrail import settings
-    from producers.meta import request_rotation
+    from producers.meta import request_rotation, require_operator
     from relay.signing import load_private_key
 
-    key = load_private_key(Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key)))
+    if not args.reason.strip():
+        raise InvalidChange("a rotation needs a --reason")
     outbox = _outbox(args)
     with outbox.engine.begin() as conn:
+        # refused (and recorded) before the key is read: no key needed to be told no
+        require_operator(outbox, conn, args.actor, "sentinel_rotation")
+        key = load_private_key(Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key)))
         event_id = request_rotation(outbox, conn, args.actor, args.reason, key)
     print(
         f"rotation requested (event {event_id}, signed); the relay starts the new epoch when "
@@ -283,13 +287,14 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 def cmd_gap_document(args: argparse.Namespace) -> int:
     from flagtrail import settings
-    from producers.meta import document_gap, gap_statement
+    from producers.meta import document_gap, gap_statement, require_operator
     from relay.signing import load_private_key
 
     statement = gap_statement(args.start, args.end, args.reason, args.author)
-    key = load_private_key(Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key)))
     outbox = _outbox(args)
     with outbox.engine.begin() as conn:
+        require_operator(outbox, conn, args.author, "gap_documented")
+        key = load_private_key(Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key)))
         event_id = document_gap(outbox, conn, statement, key)
     print(
         f"gap {statement['from']} → {statement['to']} documented (event {event_id}, signed); "
