@@ -52,7 +52,7 @@ max_depth = 32                # nesting of before / after
 max_state_bytes = 65536       # before / after, each, as canonical JSON
 max_reason_bytes = 4096
 max_identifier_chars = 256
-integers = "safe"             # refuse beyond ±(2^53-1); "exact" carries any integer
+# integers beyond ±(2^53-1) are always refused: not every reader keeps them exact
 """
 
 

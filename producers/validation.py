@@ -6,12 +6,13 @@ would block or falsify the evidence for good (a poison pill). So the producer
 refuses, in bounded time and with one sentence, anything that is not plain,
 exactly representable JSON within the configured limits.
 
-Integers: the canonical encoder (``json``) writes Python ints exactly and the
-strict decoder reads them back exactly, but many auditors' tools (JavaScript,
-jq) read JSON numbers as IEEE doubles, so a value beyond ±(2**53 - 1) would be
-shown to them as a different number than the one hashed. ``integers = "safe"``
-(the default) refuses those; ``"exact"`` accepts any integer up to the size
-limits, carried as exact decimal digits (never converted to a float).
+Integers: the canonical encoder (``json``) writes Python ints exactly, but not
+every reader reads them back exactly: JavaScript and jq read JSON numbers as
+IEEE doubles, and orjson (used for speed on the relay's and readers' paths)
+turns integers beyond 64 bits into floats. A value beyond ±(2**53 - 1) could
+then be hashed as one number and chained or shown as another, so it is refused;
+a control plane that needs such numbers sends them as strings. No integer is
+ever converted to a float here.
 """
 
 from __future__ import annotations
@@ -38,11 +39,8 @@ class Limits:
     max_state_bytes: int = 64 * 1024  # before / after, each, as canonical JSON
     max_reason_bytes: int = 4 * 1024  # UTF-8
     max_identifier_chars: int = 256
-    integers: str = "safe"  # "safe" (±2**53-1) or "exact"
 
     def __post_init__(self) -> None:
-        if self.integers not in ("safe", "exact"):
-            raise ValueError("integers must be 'safe' or 'exact'")
         for name in ("max_depth", "max_state_bytes", "max_reason_bytes", "max_identifier_chars"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -127,12 +125,12 @@ def check_json_value(name: str, value: Any, limits: Limits = DEFAULT_LIMITS) -> 
             if _utf8(item) is None:
                 raise InvalidChange(f"{where} is not valid Unicode (it holds a lone surrogate)")
         elif isinstance(item, int):
-            if limits.integers == "safe" and not -SAFE_INTEGER <= item <= SAFE_INTEGER:
+            if not -SAFE_INTEGER <= item <= SAFE_INTEGER:
                 raise InvalidChange(
                     f"{where} is an integer outside ±(2^53-1), which many verifiers "
                     "cannot read exactly; send it as a string"
                 )
-            size += max(1, int(item.bit_length() * 0.30103))  # decimal digits, without str()
+            size += 1
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise InvalidChange(f"{where} is {item!r}, which JSON cannot carry")
@@ -165,9 +163,6 @@ def check_json_value(name: str, value: Any, limits: Limits = DEFAULT_LIMITS) -> 
     if size <= budget:
         from producers.events import canonical_json
 
-        try:
-            size = len(canonical_json(value))
-        except ValueError:  # an integer past Python's int-to-text digit limit
-            raise InvalidChange(f"{name} holds an integer too long to encode") from None
+        size = len(canonical_json(value))
     if size > budget:
         raise InvalidChange(f"{name} is larger than {budget} bytes as canonical JSON")
