@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from producers import FlagChange, InvalidChange, Outbox
 from producers.policy import DEFAULT_POLICY, parse_policy
-from producers.validation import SAFE_INTEGER, Limits
+from producers.validation import DEFAULT_LIMITS, SAFE_INTEGER, Limits
 from relay.canonical import strict_record
 from relay.logs import open_log
 from relay.outbox import open_outbox_source
@@ -25,7 +25,7 @@ def nested(depth: int) -> object:
     return value
 
 
-def refused(change: FlagChange, limits: Limits = Limits()) -> str:
+def refused(change: FlagChange, limits: Limits = DEFAULT_LIMITS) -> str:
     with pytest.raises(InvalidChange) as raised:
         change.validate_shape(limits)
     message = str(raised.value)
@@ -166,9 +166,9 @@ def test_policy_file_limits_reach_the_outbox(sqlite_engine: Engine, workdir: Pat
     outbox = Outbox(
         sqlite_engine, str(workdir / "identities.toml"), policy=parse_policy(text, "t.toml")
     )
-    with pytest.raises(InvalidChange, match="reason is longer than 16 bytes"):
-        with sqlite_engine.begin() as conn:
-            outbox.record(conn, good_change(reason="a reason of more than sixteen"))
+    too_long = pytest.raises(InvalidChange, match="reason is longer than 16 bytes")
+    with too_long, sqlite_engine.begin() as conn:
+        outbox.record(conn, good_change(reason="a reason of more than sixteen"))
     source = open_outbox_source(sqlite_engine, outbox.chain_id)
     assert source.fetch_pending(None, 10) == []  # refused, not recorded, not rejected
 
