@@ -46,9 +46,12 @@ def _insert_new(conn: Connection, row: dict[str, Any]) -> bool:
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     statement = (
-        dialect_insert(outbox).values(row).on_conflict_do_nothing(index_elements=["event_id"])
+        dialect_insert(outbox)
+        .values(row)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(outbox.c.id)  # rowcount is -1 with implicit RETURNING on PostgreSQL
     )
-    return conn.execute(statement).rowcount == 1
+    return conn.execute(statement).first() is not None
 
 
 class Outbox:
