@@ -69,6 +69,8 @@ def check_identifier(
         raise InvalidChange(
             f"{name} is longer than {limits.max_identifier_chars} characters ({len(value)})"
         )
+    if value.isascii() and value.isprintable():  # the common case, at C speed
+        return
     if _utf8(value) is None:
         raise InvalidChange(f"{name} is not valid Unicode (it holds a lone surrogate)")
     for char in value:
@@ -84,6 +86,8 @@ def check_text(name: str, value: object, max_bytes: int) -> None:
         raise InvalidChange(f"{name} must be a string, not {type(value).__name__}")
     if len(value) > max_bytes:  # every character is at least one byte: cheap early refusal
         raise InvalidChange(f"{name} is longer than {max_bytes} bytes")
+    if value.isascii() and value.isprintable():
+        return
     encoded = _utf8(value)
     if encoded is None:
         raise InvalidChange(f"{name} is not valid Unicode (it holds a lone surrogate)")
@@ -115,17 +119,18 @@ def check_json_value(name: str, value: Any, limits: Limits = DEFAULT_LIMITS) -> 
     stack: list[tuple[Any, int, tuple | None]] = [(value, 0, None)]
     while stack:
         item, depth, path = stack.pop()
-        where = name + _path_text(path) if path is not None else name
         if item is None or item is True or item is False:
             size += 4
         elif isinstance(item, str):
             size += len(item) + 2
             if size > budget:
                 break
-            if _utf8(item) is None:
+            if not item.isascii() and _utf8(item) is None:
+                where = name + _path_text(path)
                 raise InvalidChange(f"{where} is not valid Unicode (it holds a lone surrogate)")
         elif isinstance(item, int):
             if not -SAFE_INTEGER <= item <= SAFE_INTEGER:
+                where = name + _path_text(path)
                 raise InvalidChange(
                     f"{where} is an integer outside ±(2^53-1), which many verifiers "
                     "cannot read exactly; send it as a string"
@@ -133,6 +138,7 @@ def check_json_value(name: str, value: Any, limits: Limits = DEFAULT_LIMITS) -> 
             size += 1
         elif isinstance(item, float):
             if not math.isfinite(item):
+                where = name + _path_text(path)
                 raise InvalidChange(f"{where} is {item!r}, which JSON cannot carry")
             size += 3
         elif isinstance(item, dict | list):
@@ -144,6 +150,7 @@ def check_json_value(name: str, value: Any, limits: Limits = DEFAULT_LIMITS) -> 
             if isinstance(item, dict):
                 for key, child in item.items():
                     if not isinstance(key, str):
+                        where = name + _path_text(path)
                         raise InvalidChange(
                             f"{where} has a key that is not a string ({type(key).__name__} "
                             f"{key!r:.40})"
@@ -154,6 +161,7 @@ def check_json_value(name: str, value: Any, limits: Limits = DEFAULT_LIMITS) -> 
             else:
                 stack.extend((child, depth + 1, (path, i)) for i, child in enumerate(item))
         else:
+            where = name + _path_text(path)
             raise InvalidChange(
                 f"{where} is a {type(item).__name__}, which is not JSON data (use objects, "
                 "lists, strings, numbers, booleans or null)"
