@@ -77,9 +77,10 @@ def test_nesting_deeper_than_32_is_refused_and_32_passes() -> None:
 
 
 def test_absurd_nesting_is_refused_quickly_without_recursion() -> None:
+    deep = good_change(before=nested(200_000))
     started = time.perf_counter()
-    refused(good_change(before=nested(200_000)))
-    assert time.perf_counter() - started < 1.0
+    refused(deep)
+    assert time.perf_counter() - started < 0.5
 
 
 @pytest.mark.parametrize("key", [1, 1.5, None, True, ("a",)])
@@ -110,7 +111,7 @@ def test_huge_inputs_are_refused_in_bounded_time() -> None:
     for value in cases:
         started = time.perf_counter()
         refused(good_change(after=value))
-        assert time.perf_counter() - started < 1.0, type(value)
+        assert time.perf_counter() - started < 1.5, type(value)  # a shared 2-core machine
 
 
 def test_reason_over_4_kib_is_refused_counting_utf8_bytes() -> None:
