@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, insert
+from sqlalchemy import Connection, Engine, event, insert, select
 
 from producers.controls import controls_for_change, controls_for_rejection
 from producers.errors import DuplicateEvent, InvalidChange, PolicyError
@@ -175,17 +175,26 @@ class Outbox:
         self._write_independently(conn, record, now)
         raise PolicyError(violation.message, violation.rule, violation.control)
 
+    @staticmethod
+    def _rename(record: dict[str, Any]) -> None:
+        """A rejection whose change reused a recorded event_id keeps an id of its own
+        and names the one it tried, so the attempt is never lost as a duplicate."""
+        record["meta"]["attempted_event_id"] = record["event_id"]
+        record["event_id"] = str(uuid.uuid4())
+
     def _write_independently(self, conn: Connection, record: dict[str, Any], now: datetime) -> None:
         """Make ``record`` durable whatever the caller's transaction does next."""
+        taken = select(outbox.c.id).where(outbox.c.event_id == record["event_id"])
+        if conn.execute(taken).first() is not None:
+            # the caller's own (maybe uncommitted) row holds this event_id: a second
+            # connection inserting it would wait on the caller, who waits on us
+            self._rename(record)
         row = outbox_row(self.chain_id, record, now)
 
         def write() -> None:
             with self.engine.begin() as own:
                 if not _insert_new(own, row):
-                    # the change reused an event_id already recorded: keep the
-                    # rejection under an id of its own, naming the one it tried
-                    record["meta"]["attempted_event_id"] = record["event_id"]
-                    record["event_id"] = str(uuid.uuid4())
+                    self._rename(record)
                     own.execute(insert(outbox), outbox_row(self.chain_id, record, now))
 
         if not _sqlite_holds_write_lock(conn):

@@ -130,6 +130,20 @@ class RejectionContract:
         assert rejected["action"] == "rejected" and rejected["event_id"] != first.event_id
         assert rejected["meta"]["attempted_event_id"] == first.event_id
 
+    def test_a_blocked_change_reusing_an_id_written_in_the_same_transaction(
+        self, outbox: Outbox
+    ) -> None:
+        """No self-deadlock: the caller's uncommitted row holds the id."""
+        first = good_change(1)
+        with outbox.engine.begin() as conn:
+            outbox.record(conn, first)
+            with pytest.raises(PolicyError):
+                outbox.record(conn, good_change(2, approver=None, event_id=first.event_id))
+        events = payloads(outbox.engine)
+        assert sorted(e["action"] for e in events) == ["rejected", "update"]
+        (rejected,) = [e for e in events if e["action"] == "rejected"]
+        assert rejected["meta"]["attempted_event_id"] == first.event_id
+
 
 class TestSQLiteRejections(RejectionContract):
     @pytest.fixture
