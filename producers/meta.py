@@ -27,7 +27,7 @@ from producers.errors import InvalidChange
 from producers.events import FlagChange, canonical_json, event_record, format_timestamp, utc_now
 from producers.identity import normalize_name
 from producers.policy import Violation
-from producers.validation import check_identifier, check_text
+from producers.validation import check_identifier, check_json_value, check_text
 
 if TYPE_CHECKING:
     from producers.outbox import Outbox
@@ -87,6 +87,7 @@ def check_public_meta(outbox: Outbox, conn: Any, record: dict[str, Any]) -> None
         if not isinstance(meta.get(name), str):
             raise _refuse(action, f"{name} must be a string")
     check_text("reason", meta["reason"], outbox.policy.limits.max_reason_bytes)
+    check_json_value("meta", meta, outbox.policy.limits)
     if record.get("actor") != meta[operator_key]:
         raise _refuse(action, f"actor must be the {operator_key}")
     require_operator(outbox, conn, meta[operator_key], action)

@@ -126,10 +126,23 @@ class Outbox:
         rejections, quarantines, automatic rotations and export receipts are the
         relay's and the library's own, never accepted from a caller.
         """
+        from producers.controls import controls_for_meta
         from producers.meta import check_public_meta
 
         check_public_meta(self, conn, record)
-        return self._insert_meta(conn, record)
+        # rebuilt from the checked parts: nothing else the caller put in the dict
+        # (a mistyped recorded_at, a sequence, another chain id) reaches the relay
+        rebuilt = event_record(
+            event_id=record["event_id"],
+            chain_id=self.chain_id,
+            recorded_at=self.clock(),
+            action=record["action"],
+            controls=controls_for_meta(),
+            actor=record["actor"],
+            reason=record["meta"]["reason"],
+            meta=record["meta"],
+        )
+        return self._insert_meta(conn, rebuilt)
 
     def _insert_meta(self, conn: Connection, record: dict[str, Any]) -> str:
         if not _insert_new(conn, outbox_row(self.chain_id, record, self.clock())):

@@ -184,3 +184,20 @@ def test_record_meta_needs_a_signature_and_an_operator(outbox: Outbox, rsa_keys:
     with pytest.raises(PolicyError, match="operator role"), outbox.engine.begin() as conn:
         outbox.record_meta(conn, forged)
     assert [r["action"] for r in pending(outbox)] == ["rejected"]
+
+
+def test_record_meta_keeps_only_the_checked_parts(outbox: Outbox, rsa_keys: Path) -> None:
+    key = load_private_key(rsa_keys / "audit-private.pem")
+    statement = {"from": "a", "to": "b", "reason": "r", "author": "bob@example.com"}
+    signed = sign_statement({**statement, "stated_at": "s"}, GAP_SIGNED_FIELDS, key)
+    record = meta_record(outbox, "gap_documented", "bob@example.com", signed)
+    record |= {"recorded_at": 12, "sequence": 99, "chain_id": "other", "flag_key": "x"}
+    with outbox.engine.begin() as conn:
+        outbox.record_meta(conn, record)
+    (stored,) = pending(outbox)  # a poison recorded_at would stop the relay
+    assert isinstance(stored["recorded_at"], str) and "sequence" not in stored
+    assert stored["chain_id"] == outbox.chain_id and stored["flag_key"] == ""
+    bad = sign_statement({**statement, "stated_at": "s"}, GAP_SIGNED_FIELDS, key)
+    bad["extra"] = {"n": 2**60}
+    with pytest.raises(InvalidChange, match="outside"), outbox.engine.begin() as conn:
+        outbox.record_meta(conn, meta_record(outbox, "gap_documented", "bob@example.com", bad))
