@@ -63,12 +63,12 @@ def check_identifier(
     """A name the chain and its readers key on: a short string of printable characters."""
     if not isinstance(value, str):
         raise InvalidChange(f"{name} must be a string, not {type(value).__name__}")
-    if required and not value.strip():
-        raise InvalidChange(f"{name} is required and must be a non-empty string")
-    if len(value) > limits.max_identifier_chars:
+    if len(value) > limits.max_identifier_chars:  # before any scan: bounded time
         raise InvalidChange(
             f"{name} is longer than {limits.max_identifier_chars} characters ({len(value)})"
         )
+    if required and not value.strip():
+        raise InvalidChange(f"{name} is required and must be a non-empty string")
     if value.isascii() and value.isprintable():  # the common case, at C speed
         return
     if _utf8(value) is None:
