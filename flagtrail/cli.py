@@ -39,7 +39,9 @@ def _json_arg(text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text[:200]!r}") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError("JSON nested too deeply to read") from None
 
 
 def _positive(text: str) -> int:

@@ -214,3 +214,25 @@ def test_integers_within_2_53_are_carried_exactly_never_as_floats(
     record = strict_record(entry.line)
     assert record["after"] == {"n": SAFE_INTEGER, "m": -SAFE_INTEGER}
     assert type(record["after"]["n"]) is int
+
+
+@pytest.mark.parametrize(
+    ("after", "message"),
+    [
+        ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
+        ("[" * 40 + "]" * 40, "nested deeper than 32"),
+        ('{"k": "\\ud800"}', "lone surrogate"),
+        ('{"n": 9007199254740993}', "outside"),
+        ('{"x": NaN}', "JSON cannot carry"),
+    ],
+)
+def test_cli_record_refuses_unsafe_state_cleanly(workdir: Path, after: str, message: str) -> None:
+    from tests.conftest import run_cli
+
+    result = run_cli(
+        "record", "--flag", "f", "--env", "staging", "--action", "update", "--actor",
+        "carol@example.com", "--role", "engineer", "--reason", "r", "--after", after,
+        cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-500:]
+    assert "Traceback" not in result.stderr
