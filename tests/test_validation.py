@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from producers import FlagChange, InvalidChange, Outbox
+from producers.events import canonical_json, event_record
 from producers.policy import DEFAULT_POLICY, parse_policy
 from producers.validation import DEFAULT_LIMITS, SAFE_INTEGER, Limits
-from relay.canonical import strict_record
+from relay.canonical import GENESIS, line_parts, seal, strict_record
 from relay.logs import open_log
 from relay.outbox import open_outbox_source
 from relay.relay import Relay
@@ -236,3 +240,60 @@ def test_cli_record_refuses_unsafe_state_cleanly(workdir: Path, after: str, mess
     )  # fmt: skip
     assert result.returncode == 2 and message in result.stderr, result.stderr[-500:]
     assert "Traceback" not in result.stderr
+
+
+# -- property: what passes is chained and read back exactly; nothing else escapes ---------
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF))
+)
+_json_like = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=5) | st.integers(0, 3), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+_identifier = st.text(max_size=12)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=_json_like,
+    after=_json_like,
+    actor=_identifier,
+    flag_key=_identifier,
+    reason=st.text(max_size=40),
+)
+def test_accepted_changes_seal_and_read_back_exactly(
+    before: object, after: object, actor: str, flag_key: str, reason: str
+) -> None:
+    change = good_change(before=before, after=after, actor=actor, flag_key=flag_key or "f")
+    change = FlagChange(**{**change.__dict__, "reason": reason})
+    try:
+        change.validate_shape()
+    except InvalidChange as exc:
+        assert "\n" not in str(exc)
+        return
+    record = event_record(
+        event_id=change.event_id,
+        chain_id="c",
+        recorded_at=datetime(2026, 1, 1, tzinfo=UTC),
+        action=change.action,
+        controls=["CC6.1"],
+        actor=change.actor,
+        flag_key=change.flag_key,
+        before=change.before,
+        after=change.after,
+        reason=change.reason,
+    )
+    digest, line = seal(record, GENESIS)
+    decoded = strict_record(line)
+    assert (decoded["before"], decoded["after"]) == (record["before"], record["after"])
+    prev, payload, again = line_parts(line.encode())
+    assert (prev, again) == (GENESIS, digest) and payload.decode() == canonical_json(record)
