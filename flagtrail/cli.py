@@ -38,7 +38,9 @@ def _json_arg(text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text[:200]!r}") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError("JSON nested too deeply to read") from None
 
 
 def _positive(text: str) -> int:
@@ -316,29 +318,36 @@ def _timestamp(text: str):  # -> datetime
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    from producers.meta import request_rotation
+    from flagtrail import settings
+    from producers.meta import request_rotation, require_operator
+    from relay.signing import load_private_key
 
+    if not args.reason.strip():
+        raise InvalidChange("a rotation needs a --reason")
     outbox = _outbox(args)
     with outbox.engine.begin() as conn:
-        event_id = request_rotation(outbox, conn, args.actor, args.reason)
+        # refused (and recorded) before the key is read: no key needed to be told no
+        require_operator(outbox, conn, args.actor, "sentinel_rotation")
+        key = load_private_key(Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key)))
+        event_id = request_rotation(outbox, conn, args.actor, args.reason, key)
     print(
-        f"rotation requested (event {event_id}); the relay starts the new epoch when it "
-        "chains it, naming the previous head"
+        f"rotation requested (event {event_id}, signed); the relay starts the new epoch when "
+        "it chains it, naming the previous head"
     )
     return 0
 
 
 def cmd_gap_document(args: argparse.Namespace) -> int:
     from flagtrail import settings
-    from producers.meta import document_gap, gap_statement, statement_digest
-    from relay.signing import fingerprint, load_private_key, sign_digest
+    from producers.meta import document_gap, gap_statement, require_operator
+    from relay.signing import load_private_key
 
     statement = gap_statement(args.start, args.end, args.reason, args.author)
-    key = load_private_key(Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key)))
-    signature = sign_digest(statement_digest(statement), key)
     outbox = _outbox(args)
     with outbox.engine.begin() as conn:
-        event_id = document_gap(outbox, conn, statement, signature, fingerprint(key.public_key()))
+        require_operator(outbox, conn, args.author, "gap_documented")
+        key = load_private_key(Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key)))
+        event_id = document_gap(outbox, conn, statement, key)
     print(
         f"gap {statement['from']} → {statement['to']} documented (event {event_id}, signed); "
         "it is chained with the next relay batch"
@@ -614,12 +623,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "rotate",
         help="start a new chain epoch (sentinel_rotation)",
-        description="Writes a sentinel_rotation meta-event through the outbox; "
+        description="Writes a signed sentinel_rotation meta-event through the outbox; "
         "the relay restarts the chain from GENESIS at it and records the "
-        "previous head (sequence and hash) and who rotated it.",
+        "previous head (sequence and hash) and who rotated it. Needs an operator "
+        "role (the policy's operator_roles, audit-admin by default).",
     )
     p.add_argument("--reason", required=True, help="why the chain restarts")
-    p.add_argument("--actor", required=True, help="identity rotating it (must be known)")
+    p.add_argument(
+        "--actor", required=True, help="identity rotating it (must hold an operator role)"
+    )
+    p.add_argument(
+        "--signing-key",
+        help="private key PEM that signs the rotation "
+        "[env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
+    )
     _add_identities(p)
     _add_backends(p, log=False)
     p.set_defaults(func=cmd_rotate)
@@ -661,7 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
         "document",
         help="write a signed gap_documented meta-event",
         description="An operator's signed statement that events in a time "
-        "range are late or lost, chained through the outbox.",
+        "range are late or lost, chained through the outbox. Needs an operator "
+        "role (the policy's operator_roles, audit-admin by default).",
     )
     p.add_argument(
         "--from",
@@ -672,7 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--to", dest="end", type=_timestamp, required=True, help="gap end")
     p.add_argument("--reason", required=True, help="what happened")
-    p.add_argument("--author", required=True, help="identity making the statement")
+    p.add_argument(
+        "--author", required=True, help="identity making the statement (an operator role)"
+    )
     p.add_argument(
         "--signing-key",
         help="private key PEM that signs the statement "

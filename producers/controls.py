@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from producers.events import PRODUCTION
-
 CONTROL_ORDER = ("CC6.1", "CC6.6", "CC7.2", "CC8.1")
 ALL_CONTROLS = frozenset(CONTROL_ORDER)
 
@@ -12,17 +10,20 @@ def _ordered(controls: set[str]) -> list[str]:
     return [c for c in CONTROL_ORDER if c in controls]
 
 
-def controls_for_change(environment: str, approver: str | None) -> list[str]:
-    """CC6.1 (identity) and CC6.6 (role enforcement) always; CC8.1 for approved production."""
+def controls_for_change(production_class: bool, approver: str | None) -> list[str]:
+    """CC6.1 (identity) and CC6.6 (role enforcement) always; CC8.1 for an approved change
+    in a class with the production rules (every spelling of production, by the policy)."""
     controls = {"CC6.1", "CC6.6"}
-    if approver and environment == PRODUCTION:
+    if approver and production_class:
         controls.add("CC8.1")
     return _ordered(controls)
 
 
-def controls_for_rejection(environment: str, approver: str | None, violated: str) -> list[str]:
+def controls_for_rejection(
+    production_class: bool, approver: str | None, violated: str
+) -> list[str]:
     """A blocked write evidences the control it enforced, plus CC7.2 monitoring."""
-    return _ordered({*controls_for_change(environment, approver), violated, "CC7.2"})
+    return _ordered({*controls_for_change(production_class, approver), violated, "CC7.2"})
 
 
 def controls_for_meta() -> list[str]:

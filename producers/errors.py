@@ -54,8 +54,10 @@ class PolicyError(FlagtrailError):
     """The change is blocked by a SOC2 write-time control (HTTP 403).
 
     By the time this is raised, a durable ``rejected`` event for the attempt has
-    been written (or, on SQLite while the caller's transaction holds the write
-    lock, is written the moment that transaction ends).
+    been written: committed on its own connection, or, on SQLite while the
+    caller's transaction holds the write lock, fsync'd to the rejection journal
+    beside the database (producers/journal.py), which is folded into the outbox
+    when that transaction ends or, after a crash, by the relay's next read.
     """
 
     status = 403

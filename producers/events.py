@@ -9,6 +9,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from producers.errors import InvalidChange
+from producers.validation import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_identifier,
+    check_json_value,
+    check_text,
+)
 
 # The seed's canonical JSON (sorted keys, no spaces, ASCII): outbox payloads, chain
 # hashes and signed statements all use this one encoder.
@@ -16,8 +23,11 @@ canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 SCHEMA_VERSION = 1
 FLAG_ACTIONS = frozenset({"create", "update", "rollout", "delete"})
-META_ACTIONS = frozenset({"rejected", "sentinel_rotation", "gap_documented"})
+META_ACTIONS = frozenset(
+    {"rejected", "sentinel_rotation", "gap_documented", "quarantined", "evidence_exported"}
+)
 PRODUCTION = "production"
+EVENT_ID_MAX = 64  # the outbox column's width
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -32,16 +42,6 @@ def parse_timestamp(text: str) -> datetime:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _check_json_value(name: str, value: Any) -> None:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidChange(
-            f"{name} must be JSON data (objects, lists, strings, numbers, "
-            f"booleans, null; no NaN/Infinity): {exc}"
-        ) from exc
 
 
 @dataclass(frozen=True)
@@ -60,23 +60,27 @@ class FlagChange:
     approver: str | None = None
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
-    def validate_shape(self) -> None:
-        """Structural checks (400): a malformed change is refused, not recorded."""
+    def validate_shape(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        """Structural checks (400): a change that cannot be chained safely is refused.
+
+        Runs before the policy, so even a rejection never carries an unsafe value.
+        """
         for name in ("flag_key", "environment", "action"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise InvalidChange(f"{name} is required and must be a non-empty string")
+            check_identifier(name, getattr(self, name), limits, required=True)
         if self.action not in FLAG_ACTIONS:
             raise InvalidChange(
                 f"action {self.action!r} is not one of {', '.join(sorted(FLAG_ACTIONS))}"
             )
+        for name in ("actor", "role", "change_ref"):
+            check_identifier(name, getattr(self, name), limits)
+        if self.approver is not None:
+            check_identifier("approver", self.approver, limits)
+        check_identifier("event_id", self.event_id, limits, required=True)
+        if len(self.event_id) > EVENT_ID_MAX:
+            raise InvalidChange(f"event_id is longer than {EVENT_ID_MAX} characters")
+        check_text("reason", self.reason, limits.max_reason_bytes)
         for name in ("before", "after"):
-            _check_json_value(name, getattr(self, name))
-        for name in ("actor", "role", "reason", "change_ref"):
-            if not isinstance(getattr(self, name), str):
-                raise InvalidChange(f"{name} must be a string")
-        if self.approver is not None and not isinstance(self.approver, str):
-            raise InvalidChange("approver must be a string or None")
+            check_json_value(name, getattr(self, name), limits)
 
 
 def event_record(
@@ -96,9 +100,10 @@ def event_record(
     reason: str = "",
     change_ref: str = "",
     meta: dict[str, Any] | None = None,
+    environment_class: str | None = None,
 ) -> dict[str, Any]:
     """The record an outbox row carries; the relay adds sequence, timestamp_utc and hashes."""
-    return {
+    record = {
         "schema_version": SCHEMA_VERSION,
         "chain_id": chain_id,
         "event_id": event_id,
@@ -116,3 +121,7 @@ def event_record(
         "soc2_controls": controls,
         "meta": meta,
     }
+    if environment_class is not None:
+        # the policy class the change was judged under (Production, prod, ... -> production)
+        record["environment_class"] = environment_class
+    return record

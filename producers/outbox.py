@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, insert
+from sqlalchemy import Connection, Engine, event, insert, select
 
 from producers.controls import controls_for_change, controls_for_rejection
-from producers.errors import PolicyError
+from producers.errors import DuplicateEvent, InvalidChange, PolicyError
 from producers.events import FlagChange, canonical_json, event_record, utc_now
 from producers.identity import FileIdentityDirectory, IdentityProvider
-from producers.policy import Violation, evaluate
+from producers.journal import journal_for
+from producers.policy import Policy, Violation, evaluate, load_policy
 from producers.schema import ensure_schema, outbox
 
 DEFAULT_CHAIN = "flag-audit"
@@ -31,13 +33,36 @@ def outbox_row(chain_id: str, record: dict[str, Any], recorded_at: datetime) -> 
     }
 
 
+def _insert_new(conn: Connection, row: dict[str, Any]) -> bool:
+    """Insert ``row`` unless its event_id exists; False for a duplicate.
+
+    ON CONFLICT DO NOTHING (SQLite and PostgreSQL) reports the duplicate without
+    an error, so the caller's transaction stays usable (PostgreSQL would abort it
+    on a unique violation). A concurrent insert of the same id waits for the other
+    transaction and then reports the duplicate.
+    """
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    statement = (
+        dialect_insert(outbox)
+        .values(row)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(outbox.c.id)  # rowcount is -1 with implicit RETURNING on PostgreSQL
+    )
+    return conn.execute(statement).first() is not None
+
+
 class Outbox:
     """Writes audit events into the transactional outbox.
 
-    ``record`` runs the write-time policy and inserts one row in the caller's
-    transaction, so the flag write and its audit event commit or roll back
-    together. A blocked change raises PolicyError after making its ``rejected``
-    event durable in a transaction of its own.
+    ``record`` validates the change (InvalidChange, 400), runs the write-time
+    policy and inserts one row in the caller's transaction, so the flag write and
+    its audit event commit or roll back together. A blocked change raises
+    PolicyError (403) after making its ``rejected`` event durable, on every
+    backend. An event_id already in the outbox raises DuplicateEvent (409) and
+    leaves the caller's transaction usable.
     """
 
     def __init__(
@@ -47,8 +72,11 @@ class Outbox:
         chain_id: str = DEFAULT_CHAIN,
         create_schema: bool = True,
         clock: Callable[[], datetime] = utc_now,
+        policy: Policy | str | None = None,
     ) -> None:
         self.engine = engine
+        self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
+        self.journal = journal_for(engine)
         self.chain_id = chain_id
         self.clock = clock
         if identities is None or isinstance(identities, str):
@@ -61,19 +89,23 @@ class Outbox:
 
     def record(self, conn: Connection, change: FlagChange) -> str:
         """Record ``change`` in the caller's transaction; returns the event_id."""
-        change.validate_shape()
-        violation = evaluate(change, self.identities)
+        change.validate_shape(self.policy.limits)
+        env_class = self.policy.class_of(change.environment)  # undeclared: InvalidChange
+        violation = evaluate(change, self.identities, self.policy)
         if violation is not None:
-            self._reject(conn, change, violation)
+            self.reject(conn, change, violation)
         now = self.clock()
         record = event_record(
             event_id=change.event_id,
             chain_id=self.chain_id,
             recorded_at=now,
             action=change.action,
-            controls=controls_for_change(change.environment, change.approver),
-            actor=change.actor,
-            approver=change.approver,
+            controls=controls_for_change(env_class.requires_approval, change.approver),
+            # the verified identities, not the spelling typed (aliases resolve to one)
+            actor=self.identities.resolve(change.actor) or change.actor,
+            approver=(self.identities.resolve(change.approver) or change.approver)
+            if change.approver
+            else None,
             role=change.role,
             flag_key=change.flag_key,
             environment=change.environment,
@@ -81,23 +113,61 @@ class Outbox:
             after=change.after,
             reason=change.reason,
             change_ref=change.change_ref,
+            environment_class=env_class.name,
         )
-        conn.execute(insert(outbox), outbox_row(self.chain_id, record, now))
+        if not _insert_new(conn, outbox_row(self.chain_id, record, now)):
+            raise DuplicateEvent(f"event {change.event_id} is already in the outbox")
         return change.event_id
 
     def record_meta(self, conn: Connection, record: dict[str, Any]) -> str:
-        """Insert an already-built meta-event record (gap documentation, rotation)."""
-        conn.execute(insert(outbox), outbox_row(self.chain_id, record, self.clock()))
+        """Insert a signed operator meta-event (gap statement, operator rotation).
+
+        Only what an operator may write passes (see producers.meta.check_public_meta):
+        rejections, quarantines, automatic rotations and export receipts are the
+        relay's and the library's own, never accepted from a caller.
+        """
+        from producers.controls import controls_for_meta
+        from producers.meta import check_public_meta
+
+        check_public_meta(self, conn, record)
+        # rebuilt from the checked parts: nothing else the caller put in the dict
+        # (a mistyped recorded_at, a sequence, another chain id) reaches the relay
+        rebuilt = event_record(
+            event_id=record["event_id"],
+            chain_id=self.chain_id,
+            recorded_at=self.clock(),
+            action=record["action"],
+            controls=controls_for_meta(),
+            actor=record["actor"],
+            reason=record["meta"]["reason"],
+            meta=record["meta"],
+        )
+        return self._insert_meta(conn, rebuilt)
+
+    def _insert_meta(self, conn: Connection, record: dict[str, Any]) -> str:
+        if not _insert_new(conn, outbox_row(self.chain_id, record, self.clock())):
+            raise DuplicateEvent(f"event {record['event_id']} is already in the outbox")
         return str(record["event_id"])
 
-    def _reject(self, conn: Connection, change: FlagChange, violation: Violation) -> None:
+    def reject(
+        self,
+        conn: Connection,
+        change: FlagChange,
+        violation: Violation,
+        attempted_action: str | None = None,
+    ) -> None:
+        """Make the attempt's ``rejected`` event durable, then raise PolicyError."""
         now = self.clock()
+        try:
+            production = self.policy.class_of(change.environment).requires_approval
+        except InvalidChange:  # an operator action has no environment
+            production = False
         record = event_record(
             event_id=change.event_id,
             chain_id=self.chain_id,
             recorded_at=now,
             action="rejected",
-            controls=controls_for_rejection(change.environment, change.approver, violation.control),
+            controls=controls_for_rejection(production, change.approver, violation.control),
             actor=change.actor,
             approver=change.approver,
             role=change.role,
@@ -108,34 +178,51 @@ class Outbox:
             reason=change.reason,
             change_ref=change.change_ref,
             meta={
-                "attempted_action": change.action,
+                "attempted_action": attempted_action or change.action,
                 "rule": violation.rule,
                 "control": violation.control,
                 "status": PolicyError.status,
                 "message": violation.message,
             },
         )
-        row = outbox_row(self.chain_id, record, now)
-        self._write_independently(conn, row)
+        self._write_independently(conn, record, now)
         raise PolicyError(violation.message, violation.rule, violation.control)
 
-    def _write_independently(self, conn: Connection, row: dict[str, Any]) -> None:
-        """Make ``row`` durable whatever the caller's failing transaction does."""
+    @staticmethod
+    def _rename(record: dict[str, Any]) -> None:
+        """A rejection whose change reused a recorded event_id keeps an id of its own
+        and names the one it tried, so the attempt is never lost as a duplicate."""
+        record["meta"]["attempted_event_id"] = record["event_id"]
+        record["event_id"] = str(uuid.uuid4())
+
+    def _write_independently(self, conn: Connection, record: dict[str, Any], now: datetime) -> None:
+        """Make ``record`` durable whatever the caller's transaction does next."""
+        taken = select(outbox.c.id).where(outbox.c.event_id == record["event_id"])
+        if conn.execute(taken).first() is not None:
+            # the caller's own (maybe uncommitted) row holds this event_id: a second
+            # connection inserting it would wait on the caller, who waits on us
+            self._rename(record)
+        row = outbox_row(self.chain_id, record, now)
 
         def write() -> None:
             with self.engine.begin() as own:
-                own.execute(insert(outbox), row)
+                if not _insert_new(own, row):
+                    self._rename(record)
+                    own.execute(insert(outbox), outbox_row(self.chain_id, record, now))
 
         if not _sqlite_holds_write_lock(conn):
             write()
             return
-
+        if self.journal is not None:
+            # durable now, beside the database: survives a crash of this process
+            # before the caller's transaction ends (producers/journal.py)
+            self.journal.append(row)
         # SQLite allows one writer and the caller holds the lock, so a second
         # connection would wait forever, and a row put in the caller's transaction
-        # could be undone by a savepoint rollback. Write it when that transaction
-        # ends: into its commit if it commits, on its own right after a rollback.
-        # The listeners live on this Connection object only and go with it; the
-        # flag makes them fire once, for whichever end comes first.
+        # could be undone by a savepoint rollback. Also write it when that transaction
+        # ends: into its commit if it commits, on its own right after a rollback (the
+        # journal copy then folds as a no-op). The listeners live on this Connection
+        # object only and go with it; the flag makes them fire once.
         pending = [row]
 
         def on_commit(committing: Connection) -> None:
@@ -157,7 +244,7 @@ def _raw_sqlite_insert(conn: Connection, row: dict[str, Any]) -> None:
     columns = list(row)
     conn.connection.driver_connection.execute(
         f"INSERT INTO {outbox.name} ({', '.join(columns)}) "
-        f"VALUES ({', '.join('?' for _ in columns)})",
+        f"VALUES ({', '.join('?' for _ in columns)}) ON CONFLICT(event_id) DO NOTHING",
         [row[c] for c in columns],
     )
 

@@ -71,7 +71,14 @@ def test_operator_rotation_links_to_the_record_before_it_and_is_reported(
     record_changes(workdir, 3)
     relay_once(workdir)
     rotated = run_cli(
-        "rotate", "--reason", "annual key ceremony", "--actor", "alice@example.com", cwd=workdir
+        "rotate",
+        "--reason",
+        "annual key ceremony",
+        "--actor",
+        "bob@example.com",  # an operator (audit-admin)
+        "--signing-key",
+        str(rsa_keys / "audit-private.pem"),
+        cwd=workdir,
     )
     assert rotated.returncode == 0, rotated.stderr
     record_changes(workdir, 2, start=3)
@@ -83,7 +90,7 @@ def test_operator_rotation_links_to_the_record_before_it_and_is_reported(
     assert rotation["prev_hash"] == records[2]["hash"]
     assert rotation["meta"]["previous_sequence"] == 3
     assert rotation["meta"]["previous_hash"] == records[2]["hash"]
-    assert rotation["meta"]["rotated_by"] == "alice@example.com"
+    assert rotation["meta"]["rotated_by"] == "bob@example.com"
     assert records[4]["prev_hash"] == rotation["hash"]
     assert [r["sequence"] for r in records] == [1, 2, 3, 4, 5, 6]
     paths, manifest = export_today(workdir, rsa_keys)
@@ -99,7 +106,7 @@ def test_operator_rotation_links_to_the_record_before_it_and_is_reported(
 def test_rotation_needs_a_known_actor_and_a_reason(workdir: Path) -> None:
     unknown = run_cli("rotate", "--reason", "x", "--actor", "eve@example.com", cwd=workdir)
     assert unknown.returncode == 3 and "not a known identity" in unknown.stderr
-    blank = run_cli("rotate", "--reason", " ", "--actor", "alice@example.com", cwd=workdir)
+    blank = run_cli("rotate", "--reason", " ", "--actor", "bob@example.com", cwd=workdir)
     assert blank.returncode == 2 and "needs a --reason" in blank.stderr
 
 
@@ -315,7 +322,11 @@ def test_metrics_health_logs_and_sigterm(workdir: Path) -> None:
 
     record_changes(workdir, 5)
     engine = settings.make_engine("sqlite:///outbox.db")
-    outbox = Outbox(engine, str(workdir / "identities.toml"))
+    from producers.policy import DEFAULT_POLICY, parse_policy
+
+    # an environment the policy does not declare, accepted through a default class
+    lenient = parse_policy(DEFAULT_POLICY.replace("# default_class", "default_class"), "t")
+    outbox = Outbox(engine, str(workdir / "identities.toml"), policy=lenient)
     with engine.begin() as conn:  # an environment outside the known set: label "other"
         outbox.record(
             conn,

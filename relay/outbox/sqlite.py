@@ -1,4 +1,9 @@
-"""SQLite outbox: one writer at a time, so id order is commit order."""
+"""SQLite outbox: one writer at a time, so id order is commit order.
+
+Before each fetch the reader folds the rejection journal (producers/journal.py)
+into the outbox: a ``rejected`` event made durable beside the database while a
+producer held the write lock, whose process died before that transaction ended.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from relay.outbox.base import OutboxPosition
+from producers.journal import journal_for
+from relay.outbox.base import Backlog, OutboxPosition, OutboxRow
 from relay.outbox.sql import SQLOutboxSource
 
 
@@ -26,3 +32,16 @@ class SQLiteOutboxSource(SQLOutboxSource):
 
     def row_position(self, row: Any) -> OutboxPosition:
         return OutboxPosition(0, row.id)
+
+    def fetch_pending(self, after: OutboxPosition | None, limit: int) -> list[OutboxRow]:
+        self._fold_journal()
+        return super().fetch_pending(after, limit)
+
+    def backlog(self) -> Backlog:
+        self._fold_journal()
+        return super().backlog()
+
+    def _fold_journal(self) -> None:
+        journal = journal_for(self.engine)
+        if journal is not None and journal.pending():
+            journal.fold(self.engine)
