@@ -146,6 +146,13 @@ def reference_record(line: bytes) -> dict[str, Any] | None:
 
 def line_decoder(data: bytes) -> None:
     """fast_parts, seed_parts, line_parts and strict_record on one (fuzzed) line."""
+    check_parts(data)
+    check_strict_record(data)
+
+
+def check_parts(data: bytes) -> None:
+    """fast_parts agrees with seed_parts whenever it answers; line_parts is the seed's
+    derivation; neither raises anything but LineError."""
     fast = fast_parts(data)  # never raises: None sends the caller to the exact path
     seed = _outcome(seed_parts, data)
     if fast is not None:
@@ -172,6 +179,9 @@ def line_decoder(data: bytes) -> None:
             "line_parts returned wrong types",
         )
 
+
+def check_strict_record(data: bytes) -> None:
+    """strict_record returns what json (the seed) reads, or raises LineError."""
     record = _outcome(strict_record, data)
     reference = reference_record(data)
     if record is _KnownCrash:
