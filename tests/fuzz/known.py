@@ -115,7 +115,7 @@ def known(kind: str, crash: BaseException) -> None:
     if STRICT or kind not in KNOWN:
         raise crash
     hits[kind] += 1
-    if hits[kind] == 1:  # the runner collects these lines
+    if hits[kind] == 1 and os.environ.get("FLAGTRAIL_FUZZ_CHILD"):  # the runner reads these
         print(f"fuzz-known: {kind}", file=sys.stderr, flush=True)
 
 

@@ -53,6 +53,7 @@ def _quiet_environment() -> dict[str, str]:
         or k == "FLAGTRAIL_FUZZ_STRICT"
     }
     env.pop("AUDIT_SIGNING_KEY_PATH", None)
+    env["FLAGTRAIL_FUZZ_CHILD"] = "1"  # print each known issue met, once
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
@@ -106,9 +107,17 @@ def atheris_available() -> bool:
 
 
 def run_atheris(
-    target: str, seconds: int, package: Path, key: Path, seeds: Path, work: Path, out: Path
+    target: str,
+    seconds: int,
+    limit: float,
+    package: Path,
+    key: Path,
+    seeds: Path,
+    corpus_root: Path,
+    out: Path,
 ) -> Result:
-    corpus = work / "corpus" / target  # new inputs land here; seeds stay as they are
+    """One libFuzzer process for ``seconds``; killed (a failure) past ``limit``."""
+    corpus = corpus_root / target  # new inputs land here; seeds stay as they are
     corpus.mkdir(parents=True, exist_ok=True)
     artifacts = out / target
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -135,17 +144,15 @@ def run_atheris(
     try:
         done = subprocess.run(
             command,
-            cwd=work,
+            cwd=package.parent,
             env=_quiet_environment(),
             capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=seconds + 60,
+            timeout=max(1.0, limit),
         )
-        log, returncode = done.stderr + done.stdout, done.returncode
+        log, returncode = (done.stderr + done.stdout).decode(errors="replace"), done.returncode
+        overrun = False
     except subprocess.TimeoutExpired as exc:
-        log = (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
-        returncode = -1
+        log, returncode, overrun = (exc.stderr or b"").decode(errors="replace"), -1, True
     elapsed = time.monotonic() - started
     (artifacts / "fuzzer.log").write_text(log)
     runs = re.findall(r"stat::number_of_executed_units: (\d+)", log) or re.findall(
@@ -154,7 +161,9 @@ def run_atheris(
     executions = int(runs[-1]) if runs else 0
     met = tuple(sorted(set(re.findall(r"^fuzz-known: (\S+)", log, re.MULTILINE))))
     result = Result(target, "atheris", elapsed, executions, known=met)
-    if returncode != 0:
+    if overrun:
+        result.crash = f"killed after {limit:.0f} s: over the time budget (log: {artifacts})"
+    elif returncode != 0:
         inputs = sorted(artifacts.glob("crash-*")) + sorted(artifacts.glob("timeout-*"))
         inputs += sorted(artifacts.glob("oom-*"))
         where = str(inputs[-1]) if inputs else "no input saved"
@@ -250,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated")
     parser.add_argument("--engine", choices=["auto", "atheris", "hypothesis"], default="auto")
     parser.add_argument("--out", default=str(REPO / "fuzz-artifacts"), help="crash inputs")
+    parser.add_argument("--corpus", help="keep the inputs found here (default: thrown away)")
     args = parser.parse_args(argv)
     names = [t for t in args.targets.split(",") if t]
     unknown = sorted(set(names) - set(TARGETS))
@@ -269,17 +279,22 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"fuzz: {engine}, {len(names)} targets x {each} s (budget {args.seconds} s)")
     results = []
+    deadline = time.monotonic() + args.seconds + 5
     with tempfile.TemporaryDirectory(prefix="flagtrail-fuzz-") as tmp:
         work = Path(tmp)
         package, key = build_package(work)
         seeds = write_seeds(package, work)
+        corpus = Path(args.corpus) if args.corpus else work / "corpus"
         if engine == "hypothesis":
             from tests.fuzz.targets import use_package
 
             use_package(package, key)
-        for name in names:
+        for n, name in enumerate(names):
             if engine == "atheris":
-                result = run_atheris(name, each, package, key, seeds[name], work, out)
+                # whatever the earlier targets took, the whole run ends by the deadline
+                left = deadline - time.monotonic()
+                seconds = max(1, min(each, int(left / (len(names) - n)) - 4))
+                result = run_atheris(name, seconds, left, package, key, seeds[name], corpus, out)
             else:
                 result = run_hypothesis(name, each, seeds[name], out)
             results.append(result)
