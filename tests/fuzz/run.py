@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=["auto", "atheris", "hypothesis"], default="auto")
     parser.add_argument("--out", default=str(REPO / "fuzz-artifacts"), help="crash inputs")
     parser.add_argument("--corpus", help="keep the inputs found here (default: thrown away)")
+    parser.add_argument(
+        "--save-seeds", action="store_true", help="write fresh seeds to tests/fuzz/corpus, exit"
+    )
     args = parser.parse_args(argv)
     names = [t for t in args.targets.split(",") if t]
     unknown = sorted(set(names) - set(TARGETS))
@@ -277,13 +280,20 @@ def main(argv: list[str] | None = None) -> int:
     each = max(5, (args.seconds - OVERHEAD_SECONDS) // len(names))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"fuzz: {engine}, {len(names)} targets x {each} s (budget {args.seconds} s)")
     results = []
     deadline = time.monotonic() + args.seconds + 5
     with tempfile.TemporaryDirectory(prefix="flagtrail-fuzz-") as tmp:
         work = Path(tmp)
         package, key = build_package(work)
         seeds = write_seeds(package, work)
+        if args.save_seeds:
+            for name, folder in seeds.items():
+                for seed in folder.glob("fresh-*"):
+                    (SEEDS / name).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(seed, SEEDS / name / seed.name.replace("fresh", "export"))
+            print(f"fuzz: seeds written to {SEEDS}")
+            return 0
+        print(f"fuzz: {engine}, {len(names)} targets x {each} s (budget {args.seconds} s)")
         corpus = Path(args.corpus) if args.corpus else work / "corpus"
         if engine == "hypothesis":
             from tests.fuzz.targets import use_package
