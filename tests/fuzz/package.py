@@ -33,6 +33,8 @@ def make_package(folder: Path, records: int = RECORDS) -> Path:
     generate_keypair(keys, "ec")  # P-256: fast to check many times a second
     clock = SteppingClock(datetime(2026, 1, 1, 9, 0, tzinfo=UTC), timedelta(minutes=7))
     cwd = Path.cwd()
+    # the developer's settings (say a Kafka log from deploy/local/up) must not leak in
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if _setting(k)}
     os.chdir(work)  # the relay and the identity directory look in the current folder
     try:
         engine = settings.make_engine(f"sqlite:///{work / 'outbox.db'}")
@@ -41,15 +43,14 @@ def make_package(folder: Path, records: int = RECORDS) -> Path:
         paths = export(work, keys)
     finally:
         os.chdir(cwd)
+        os.environ.update(saved)
     package = folder / "package"
     shutil.copytree(paths.jsonl.parent, package)
     shutil.copy(keys / "audit-public.pem", folder / "trusted-public.pem")
     return package
 
 
-def export_file(package: Path) -> Path:
-    return next(package.glob("*.jsonl"))
-
-
-def manifest_file(package: Path) -> Path:
-    return next(package.glob("*.manifest.json"))
+def _setting(name: str) -> bool:
+    return name == "AUDIT_SIGNING_KEY_PATH" or (
+        name.startswith("FLAGTRAIL_") and not name.startswith(("FLAGTRAIL_TEST_", "FLAGTRAIL_FUZZ"))
+    )

@@ -211,9 +211,10 @@ def check_strict_record(data: bytes) -> None:
 def _plain_utf8(data: bytes) -> bool:
     """UTF-8 without a byte order mark: the only encoding the seed's snippet reads."""
     try:
-        return not data.decode("utf-8").startswith("\ufeff")
+        data.decode("utf-8")
     except UnicodeDecodeError:
         return False
+    return json.detect_encoding(data) == "utf-8"  # what json.loads(bytes) would use
 
 
 def _holds_infinity(value: Any) -> bool:

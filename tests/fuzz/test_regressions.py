@@ -117,6 +117,8 @@ LINE_CASES = [
          "json-bytes-accepts-bom-or-utf16", targets.Crash),
     Case("line-utf16", "line_decoder", lambda p: '{"a":1}'.encode("utf-16-le"),
          "json-bytes-accepts-bom-or-utf16", targets.Crash),
+    Case("line-utf16-empty-object", "line_decoder", lambda p: b"{\x00}\x00",  # valid UTF-8 too
+         "json-bytes-accepts-bom-or-utf16", targets.Crash),
     Case("line-nested-100000", "line_decoder", lambda p: _deep(100_000),
          "relay/canonical.py:seed_parts:RecursionError", RecursionError),
     Case("line-nested-1010", "line_decoder", lambda p: _framed_deep(1010),
