@@ -34,7 +34,7 @@ from tests.fuzz.mutators import custom_mutator
 
 def main() -> None:
     name, package, trusted_key = sys.argv[1:4]
-    target = targets.TARGETS[name]
+    target = {**targets.TARGETS, **targets.SELF_TEST}[name]
     targets.use_package(Path(package), Path(trusted_key))
 
     # atheris.Mutate is bound to libFuzzer only once Fuzz() starts: look it up per call

@@ -85,6 +85,7 @@ def write_seeds(package: Path, corpus: Path) -> dict[str, Path]:
         "verify": [export, export + MANIFEST_SEPARATOR + manifest, b"\n".join(lines[:2])],
         "validate": [bytes(range(256)), bytes(64), b"\x07" * 128],
         "manifest": [manifest, manifest.replace(b'"record_count": ', b'"record_count": 1')],
+        "selftest_crash": [b"x"],
     }
     dirs = {}
     for target, seeds in fresh.items():
@@ -131,7 +132,7 @@ def run_atheris(
         str(package),
         str(key),
         f"-max_total_time={seconds}",
-        f"-max_len={MAX_LEN[target]}",
+        f"-max_len={MAX_LEN.get(target, 4096)}",
         "-timeout=20",
         "-rss_limit_mb=4096",
         "-print_final_stats=1",
@@ -190,9 +191,10 @@ def run_hypothesis(target: str, seconds: int, seeds: Path, out: Path) -> Result:
 
     from tests.fuzz.known import hits
     from tests.fuzz.mutators import STRUCTURED
-    from tests.fuzz.targets import TARGETS
+    from tests.fuzz.targets import SELF_TEST, TARGETS
 
-    func, corpus = TARGETS[target], [p.read_bytes() for p in sorted(seeds.iterdir())]
+    func = {**TARGETS, **SELF_TEST}[target]
+    corpus = [p.read_bytes() for p in sorted(seeds.iterdir())]
     count = 0
 
     @st.composite
@@ -202,7 +204,7 @@ def run_hypothesis(target: str, seconds: int, seeds: Path, out: Path) -> Result:
             rng = random.Random(draw(st.integers(0, 2**32)))
             for _ in range(draw(st.integers(1, 4))):
                 seed = STRUCTURED[target](seed, rng)
-            return seed[: MAX_LEN[target]]
+            return seed[: MAX_LEN.get(target, 4096)]
         data = bytearray(seed)
         for _ in range(draw(st.integers(1, 8))):
             at = draw(st.integers(0, len(data)))
@@ -216,7 +218,7 @@ def run_hypothesis(target: str, seconds: int, seeds: Path, out: Path) -> Result:
             else:
                 other = draw(st.sampled_from(corpus))
                 data[at:] = other[draw(st.integers(0, len(other))) :]
-        return bytes(data[: MAX_LEN[target]])
+        return bytes(data[: MAX_LEN.get(target, 4096)])
 
     @settings(
         max_examples=200,
@@ -252,7 +254,7 @@ def run_hypothesis(target: str, seconds: int, seeds: Path, out: Path) -> Result:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.fuzz.targets import TARGETS
+    from tests.fuzz.targets import SELF_TEST, TARGETS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=120, help="budget for all targets")
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     names = [t for t in args.targets.split(",") if t]
-    unknown = sorted(set(names) - set(TARGETS))
+    unknown = sorted(set(names) - set(TARGETS) - set(SELF_TEST))
     if unknown:
         parser.error(f"unknown targets {unknown}; known: {', '.join(TARGETS)}")
     engine = args.engine
@@ -288,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds = write_seeds(package, work)
         if args.save_seeds:
             for name, folder in seeds.items():
+                if name not in TARGETS:
+                    continue
                 for seed in folder.glob("fresh-*"):
                     (SEEDS / name).mkdir(parents=True, exist_ok=True)
                     shutil.copy(seed, SEEDS / name / seed.name.replace("fresh", "export"))

@@ -581,3 +581,11 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "validate": validate_change,
     "manifest": manifest_reader,
 }
+
+
+def _always_crash(data: bytes) -> None:
+    raise Crash(f"self-test: the runner must report this ({len(data)} bytes)")
+
+
+# Not run by default: tests/fuzz/test_runner.py proves a crash fails the run.
+SELF_TEST: dict[str, Callable[[bytes], None]] = {"selftest_crash": _always_crash}
