@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-embedded lint bench services-up services-down clean
+.PHONY: demo test test-embedded fuzz lint bench services-up services-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 ## test-embedded: only the tests that need no server
 test-embedded: $(STAMP)
 	$(BIN)/pytest -m "not integration"
+
+## fuzz: coverage-guided fuzzing (atheris), 10 minutes in all; inputs found are kept
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS) --corpus fuzz-artifacts/corpus
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
