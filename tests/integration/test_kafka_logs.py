@@ -230,8 +230,8 @@ def test_a_stopped_broker_is_a_structured_retriable_wait_and_nothing_is_lost(
     stderr = stderr_path.read_text()
     assert _raw_lines(stderr) == [], "raw (non-structured) lines on the relay's stderr"
     waiting = [json.loads(x) for x in stderr.splitlines() if "relay.waiting" in x]
-    assert waiting and "Kafka" in waiting[0]["detail"]
-    assert waiting[0]["error"] == "LogUnavailable"
+    assert waiting and waiting[0]["kind"] == "log"
+    assert "LogUnavailable" in waiting[0]["cause"] and "Kafka" in waiting[0]["cause"]
     waited = (datetime.fromisoformat(waiting[0]["timestamp"]) - written).total_seconds()
     assert waited < 5.0, f"relay.waiting came {waited:.1f} s after the row was written"
     librdkafka = [x for x in stderr.splitlines() if '"kafka.' in x]
