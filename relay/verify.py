@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from producers.errors import ConfigError
-from relay.canonical import GENESIS, LineError, fast_parts, payload_action, seed_parts
+from relay.canonical import (
+    GENESIS,
+    LineError,
+    fast_parts,
+    payload_action,
+    seed_parts,
+    split_lines,
+)
 from relay.export import PackagePaths
 from relay.signing import fingerprint, load_public_key, signature_valid
 
@@ -76,9 +83,7 @@ def check_chunk(path: str, start: int, end: int) -> ChunkResult:
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
+    lines = split_lines(data)  # the seed's text-mode lines: a lone CR ends one too
     result = ChunkResult(lines=len(lines))
     sha256, genesis = hashlib.sha256, GENESIS.encode()
     expected = b""
