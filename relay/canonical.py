@@ -18,8 +18,9 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Union
 
+import msgspec
 import orjson
 
 from producers.events import canonical_json
@@ -70,11 +71,79 @@ _EXPONENT_OR_TINY = re.compile(rb"[:\[,]-?(?:0\.0000|\d+(?:\.\d+)?e)")
 _NEGATIVE_EXPONENT = re.compile(rb"-(?<=\de-)").search
 
 
+NO_FLOAT_DEPTH = 8  # deeper records take the float path (orjson, up to 254 levels);
+# msgspec builds a decoder for this type in time exponential in the depth (8: 4 ms)
+
+
+def _json_type(depth: int, *scalars: Any) -> Any:
+    """A JSON value of the given scalar types, at most ``depth`` containers deep."""
+    value: Any = Union[scalars]  # noqa: UP007 - built at run time from a tuple
+    for _ in range(depth):
+        value = Union[(*scalars, list[value], dict[str, value])]
+    return value
+
+
+# msgspec (C) reads and writes JSON as fast as orjson; typed, it refuses floats,
+# which is how fast_parts learns that a record has none
+_NO_FLOAT_RECORD = msgspec.json.Decoder(
+    dict[str, _json_type(NO_FLOAT_DEPTH, str, int, bool, None)]
+).decode
+_SORTED_ENCODE = msgspec.json.Encoder(order="sorted").encode
+# strict_record's: floats too (exact, as json reads them)
+_STRICT_RECORD = msgspec.json.Decoder(
+    dict[str, _json_type(NO_FLOAT_DEPTH, str, int, float, bool, None)]
+).decode
+
+
 class LineError(ValueError):
     """A line that the seed's verifier could not even hash."""
 
 
 def fast_parts(
+    line: bytes,
+    _decode: Any = _NO_FLOAT_RECORD,
+    _encode: Any = _SORTED_ENCODE,
+    _not_without_floats: type[Exception] = msgspec.ValidationError,
+    _errors: tuple[type[Exception], ...] = (
+        msgspec.DecodeError,
+        UnicodeDecodeError,
+        RecursionError,
+        KeyError,
+    ),
+    _str: type = str,
+) -> tuple[bytes, bytes, bytes] | None:
+    """(prev_hash, payload, hash) of one line in any layout, exactly the seed's, or None.
+
+    The seed pops both hashes from json.loads(line) and re-encodes the rest with
+    json.dumps(sort_keys=True, separators=(",", ":")). This does the same in C,
+    several times faster: msgspec reads the line as an object of strings,
+    integers (exact at any size), booleans, nulls, lists and objects, at most
+    NO_FLOAT_DEPTH deep, and writes it with sorted keys; json's escapes are then
+    applied (non-ASCII, DEL). A record with a float (or deeper) goes to orjson
+    with the float checks (``_float_parts``). Where neither can be sure it
+    returns None and the caller takes the seed's own path (``seed_parts``).
+    The line must be one line as the seed reads it (``split_lines``): no CR
+    inside. One function, no helpers on the common path: it runs per record.
+    """
+    try:
+        record = _decode(line)  # an object by its type
+        digest = record.pop("hash")
+        prev = record.pop("prev_hash")
+    except _not_without_floats:
+        return _float_parts(line)
+    except _errors:
+        return None
+    if type(digest) is not _str or type(prev) is not _str:
+        return None
+    payload = _encode(record)
+    if not payload.isascii():
+        payload = _ascii_escape(payload)
+    if payload.find(b"\x7f") >= 0:  # only inside strings: msgspec escapes nothing else raw
+        payload = payload.replace(b"\x7f", b"\\u007f")
+    return prev.encode(), payload, digest.encode()
+
+
+def _float_parts(
     line: bytes,
     _loads: Any = orjson.loads,
     _dumps: Any = orjson.dumps,
@@ -89,16 +158,10 @@ def fast_parts(
     _str: type = str,
     _negative_exponent: Any = _NEGATIVE_EXPONENT,
 ) -> tuple[bytes, bytes, bytes] | None:
-    """(prev_hash, payload, hash) of one line in any layout, exactly the seed's, or None.
+    """fast_parts for a record with floats: orjson, declining where it and json differ.
 
-    The seed pops both hashes from json.loads(line) and re-encodes the rest with
-    json.dumps(sort_keys=True, separators=(",", ":")). This does the same with
-    orjson (several times faster) and rewrites orjson's bytes where they differ
-    from json's (non-ASCII, DEL); where they could differ in a way the bytes
-    cannot show (a number read or written differently, see above) it returns
-    None and the caller takes the seed's own path (``seed_parts``). The line
-    must be one line as the seed reads it (``split_lines``): no CR inside.
-    One function, no helpers on the common path: this runs for every record.
+    orjson reads an integer beyond 64 bits as a float and writes exponents and
+    tiny floats unlike json; a scan of the output finds either (see above).
     """
     try:
         record = _loads(line)
@@ -221,15 +284,13 @@ def payload_action(payload: bytes) -> object:
 # passed: sequence int (not bool), timestamp_utc str, action str, soc2_controls a
 # list of str, meta an object or null. Absent is fine; null only for meta.
 _NO_CONTROLS: list[str] = []  # default for an absent field; never changed
-MAX_DEPTH = 254  # orjson writes no deeper; json.loads fails near 1000 (RecursionError)
+MAX_DEPTH = 254  # as orjson; json.loads fails near 1000 (RecursionError)
 
 
 def strict_record(
     line: bytes | str,
-    _loads: Any = orjson.loads,
-    _dumps: Any = orjson.dumps,
-    _decode_error: type[Exception] = orjson.JSONDecodeError,
-    _encode_error: type[Exception] = orjson.JSONEncodeError,
+    _decode: Any = _STRICT_RECORD,
+    _errors: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeError, RecursionError),
 ) -> dict[str, Any]:
     """The one strict decoder every reader uses (export, gap scan, verify, summary).
 
@@ -239,19 +300,15 @@ def strict_record(
     Infinity, lone surrogates or nesting deeper than MAX_DEPTH, whose
     reader-facing fields have their types.
 
-    orjson reads several times faster than json but reads an integer beyond 64
-    bits as a float; such a float is 2**63 or more and orjson writes it with an
-    exponent ("e+"), so re-encoding (which also bounds the depth) and one byte
-    scan tell when to take json's exact path instead.
+    msgspec (C) reads integers of any size exactly (orjson would read those
+    beyond 64 bits as floats) and refuses what json would refuse or read
+    loosely; what it refuses, or what is nested deeper than NO_FLOAT_DEPTH,
+    json reads (slower) and the checks below judge.
     """
     try:
-        record = _loads(line)
-        if _dumps(record).find(b"+") >= 0:
-            record = _exact_record(line)
-    except _decode_error:
+        record = _decode(line)
+    except _errors:
         record = _exact_record(line)
-    except _encode_error:
-        raise LineError(f"nested deeper than {MAX_DEPTH} levels") from None
     if type(record) is not dict:
         raise LineError("not a JSON object")
     get = record.get

@@ -238,8 +238,8 @@ def test_raw_text_with_duplicate_keys_and_odd_numbers(
 @pytest.mark.parametrize(
     ("line", "why"),
     [
-        ('{"prev_hash":"%s","n":18446744073709551616,"hash":"%s"}', "orjson reads a float"),
-        ('{"prev_hash":"%s","n":-9223372036854775809,"hash":"%s"}', "orjson reads a float"),
+        ('{"prev_hash":"%s","f":0.5,"n":18446744073709551616,"hash":"%s"}', "orjson: a float"),
+        ('{"prev_hash":"%s","f":0.5,"n":-9223372036854775809,"hash":"%s"}', "orjson: a float"),
         ('{"prev_hash":"%s","n":1e16,"hash":"%s"}', "exponent"),
         ('{"prev_hash":"%s","n":0.00001,"hash":"%s"}', "json writes 1e-05"),
         ('{"prev_hash":"%s","n":1e-7,"hash":"%s"}', "json writes 1e-07"),
@@ -265,6 +265,10 @@ def test_fast_path_declines_where_orjson_and_json_differ(line: str, why: str) ->
         ('"s":"\\u00e9\\u2028"', '{"s":"\\u00e9\\u2028"}'),
         ('"n":-0, "z":-0.0, "i":1E2', '{"i":100.0,"n":0,"z":-0.0}'),
         ('"n":18446744073709551615', '{"n":18446744073709551615}'),
+        ('"n":18446744073709551616', '{"n":18446744073709551616}'),  # exact beyond 64 bits
+        ('"n":-9223372036854775809', '{"n":-9223372036854775809}'),
+        ('"f":25.5, "g":[1.0E2, -0.0]', '{"f":25.5,"g":[100.0,-0.0]}'),  # floats: orjson path
+        ('"d":' + "[" * 12 + "1" + "]" * 12, '{"d":' + "[" * 12 + "1" + "]" * 12 + "}"),
         ('"a":1, "a":{"b":2}', '{"a":{"b":2}}'),
         ('"hash":"x", "n":1', '{"n":1}'),  # a duplicate hash: the last one is the record's
     ],
@@ -426,3 +430,24 @@ def test_strict_record_refuses(line: bytes) -> None:
 
 def test_strict_record_reads_str_lines_too() -> None:
     assert strict_record('{"a":"é","n":18446744073709551616}') == {"a": "é", "n": 2**64}
+
+
+def test_realistic_lines_take_the_fast_path_in_both_layouts() -> None:
+    """The speed of `flagtrail verify` rests on this: no realistic record declines."""
+    record = {
+        "action": "rollout",
+        "actor": "zoë@example.com",
+        "after": {"enabled": True, "rollout": 30, "segments": ["beta", "eu"]},
+        "before": {"enabled": True, "rollout": 25},
+        "event_id": "aca7f6c5-f7f4-4ef1-854c-2cfbeab0f912",
+        "meta": None,
+        "reason": "Gradual rollout — step ✅",
+        "sequence": 18446744073709551616,
+        "soc2_controls": ["CC6.1", "CC6.6", "CC8.1"],
+        "timestamp_utc": "2026-01-01T00:00:10.000000Z",
+    }
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    own = frame_line(PREV, canonical.decode(), DIGEST).encode()
+    foreign = json.dumps(dict(reversed({**record, "prev_hash": PREV, "hash": DIGEST}.items())))
+    for line in (own, foreign.encode()):
+        assert fast_parts(line) == (PREV.encode(), canonical, DIGEST.encode())
