@@ -185,19 +185,24 @@ def _float_parts(
 
 
 def _ascii_escape(utf8: bytes) -> bytes:
-    """orjson's UTF-8 output with non-ASCII escaped as json.dumps(ensure_ascii=True) does.
+    """msgspec's or orjson's UTF-8 JSON with non-ASCII escaped as json.dumps does.
 
     backslashreplace (C speed) writes \\xe9, \\u2014 and \\U0001f680; json writes
-    \\u00e9, \\u2014 and a surrogate pair. The two rewrites are exact when
-    orjson wrote no escaped backslash: every other backslash orjson writes is
+    \\u00e9, \\u2014 and a surrogate pair. The two rewrites are exact when the
+    encoder wrote no escaped backslash: every other backslash it writes is
     followed by one of "bfnrtu, so each \\x and \\U comes from backslashreplace.
     With an escaped backslash (which may precede an x or U) the exact handler runs.
     """
     text = utf8.decode()
+    escaped = text.encode("ascii", "backslashreplace")  # \u2014 as json writes it: common
+    latin1, astral = escaped.find(b"\\x") >= 0, escaped.find(b"\\U") >= 0
+    if not (latin1 or astral):
+        return escaped
     if b"\\\\" in utf8:
         return text.encode("ascii", _JSON_ESCAPES)
-    escaped = text.encode("ascii", "backslashreplace").replace(b"\\x", b"\\u00")
-    if b"\\U" in escaped:
+    if latin1:
+        escaped = escaped.replace(b"\\x", b"\\u00")
+    if astral:
         escaped = _ASTRAL.sub(_surrogate_pair, escaped)
     return escaped
 

@@ -451,3 +451,17 @@ def test_realistic_lines_take_the_fast_path_in_both_layouts() -> None:
     foreign = json.dumps(dict(reversed({**record, "prev_hash": PREV, "hash": DIGEST}.items())))
     for line in (own, foreign.encode()):
         assert fast_parts(line) == (PREV.encode(), canonical, DIGEST.encode())
+
+
+@pytest.mark.parametrize("digits", [19, 20, 4300, 4301])
+def test_long_integers_are_exact_up_to_pythons_limit_and_refused_beyond(digits: int) -> None:
+    """json.loads refuses integers over 4300 digits (ValueError): so must every path here."""
+    line = f'{{"prev_hash":"{PREV}","n":-{"9" * digits},"hash":"{DIGEST}"}}'.encode()
+    assert_exact(line)
+    if digits <= 20:
+        assert fast_parts(line) is not None
+    if digits <= 4300:  # msgspec declines -4300 digits (it counts the sign): json reads it
+        assert strict_record(line)["n"] == -int("9" * digits)
+    else:
+        with pytest.raises(LineError):
+            strict_record(line)
