@@ -103,6 +103,9 @@ def fast_parts(
     line: bytes,
     _decode: Any = _NO_FLOAT_RECORD,
     _encode: Any = _SORTED_ENCODE,
+    _dumps: Any = orjson.dumps,
+    _sort: int = orjson.OPT_SORT_KEYS,
+    _beyond_64_bits: type[Exception] = orjson.JSONEncodeError,
     _not_without_floats: type[Exception] = msgspec.ValidationError,
     _errors: tuple[type[Exception], ...] = (
         msgspec.DecodeError,
@@ -118,7 +121,8 @@ def fast_parts(
     json.dumps(sort_keys=True, separators=(",", ":")). This does the same in C,
     several times faster: msgspec reads the line as an object of strings,
     integers (exact at any size), booleans, nulls, lists and objects, at most
-    NO_FLOAT_DEPTH deep, and writes it with sorted keys; json's escapes are then
+    NO_FLOAT_DEPTH deep; orjson writes it with sorted keys (msgspec when an
+    integer is beyond 64 bits, which orjson refuses); json's escapes are then
     applied (non-ASCII, DEL). A record with a float (or deeper) goes to orjson
     with the float checks (``_float_parts``). Where neither can be sure it
     returns None and the caller takes the seed's own path (``seed_parts``).
@@ -135,7 +139,10 @@ def fast_parts(
         return None
     if type(digest) is not _str or type(prev) is not _str:
         return None
-    payload = _encode(record)
+    try:
+        payload = _dumps(record, option=_sort)  # orjson writes faster than msgspec
+    except _beyond_64_bits:
+        payload = _encode(record)  # msgspec writes any integer
     if not payload.isascii():
         payload = _ascii_escape(payload)
     if payload.find(b"\x7f") >= 0:  # only inside strings: msgspec escapes nothing else raw
