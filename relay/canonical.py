@@ -4,10 +4,11 @@ payload = json.dumps(record_without_hash_and_prev_hash, sort_keys=True, separato
 hash    = sha256(f"{prev_hash}:{payload}".encode()).hexdigest()
 
 Each log entry and export line is framed as
-``{"prev_hash":"<64 hex>",<payload members>,"hash":"<64 hex>"}`` so that a
-verifier can take the hashed payload straight from the line's bytes. The line
-is still plain JSON: the seed's snippet loads it, pops both hashes, re-encodes
-the rest and gets the same payload.
+``{"prev_hash":"<64 hex>",<payload members>,"hash":"<64 hex>"}``: plain JSON,
+so the seed's snippet loads it, pops both hashes, re-encodes the rest and gets
+the same payload. Readers derive the payload the seed's way from any layout
+(``fast_parts``, exact or declining, then ``seed_parts``), so an export
+re-laid out by another tool verifies as fast as flagtrail's own.
 """
 
 from __future__ import annotations
