@@ -22,6 +22,11 @@ from relay.signing import PublicKey, fingerprint, signature_valid
 
 # gap statements written before signed_fields existed sign exactly these
 DEFAULT_SIGNED_FIELDS = {"gap_documented": ("from", "to", "reason", "author", "stated_at")}
+# what the signature must cover for the statement to say anything: a gap statement its
+# range, a rotation its operator. Without this, a rotation's signature (no from/to)
+# relabelled gap_documented, with any range added beside the signed fields, documents
+# every gap; and neither kind's signature passes as the other's.
+REQUIRED_SIGNED_FIELDS = {"gap_documented": {"from", "to"}, "sentinel_rotation": {"rotated_by"}}
 
 
 def statement_signed(record: dict[str, Any], keys: Sequence[PublicKey]) -> bool:
@@ -35,9 +40,11 @@ def statement_signed(record: dict[str, Any], keys: Sequence[PublicKey]) -> bool:
         not isinstance(fields, list | tuple)
         or not fields
         or not all(isinstance(f, str) and f in meta for f in fields)
+        or not REQUIRED_SIGNED_FIELDS.get(str(record.get("action")), set()) <= set(fields)
+        or ("chain_id" in fields and meta["chain_id"] != record.get("chain_id"))
         or not isinstance(signature_text, str)
     ):
-        return False
+        return False  # a statement signed for another chain says nothing about this one
     try:
         signature = base64.b64decode(signature_text, validate=True)
     except (binascii.Error, ValueError):

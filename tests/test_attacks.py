@@ -1,0 +1,124 @@
+"""Issue 7 attacked from outside: each test is an attack that must fail.
+
+Attacks at the log level write what the relay itself would seal from a raw outbox
+row (an operator with database access but without the signing key): the test
+asserts that the relay accepts such a row, then that verify does not believe it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from producers.events import canonical_json, format_timestamp
+from producers.meta import GAP_SIGNED_FIELDS, ROTATION_SIGNED_FIELDS
+from relay.outbox.base import OutboxPosition, OutboxRow
+from relay.quarantine import decode_row
+from relay.verify import render
+from tests.test_evidence_package import ChainWriter, _verify_day, signed
+
+
+def _relay_would_seal(record: dict) -> None:
+    """The relay chains this payload from a raw outbox row (no API check on the way)."""
+    payload = canonical_json({k: v for k, v in record.items() if k not in ("hash", "prev_hash")})
+    decode_row(OutboxRow(OutboxPosition(0, 1), 0, payload), record["chain_id"])
+
+
+def _automatic_rotation(chain: ChainWriter) -> dict:
+    chain.add()
+    rotation = chain.add(
+        "sentinel_rotation",
+        chain.rotation_meta(automatic=True, rotated_by="flagtrail-relay (automatic)"),
+    )
+    chain.add()
+    return rotation
+
+
+def _gap_record(chain: ChainWriter, meta: dict) -> dict:
+    stamp = format_timestamp(chain.now + timedelta(minutes=5))
+    return {
+        "schema_version": 1,
+        "chain_id": "flag-audit",
+        "event_id": str(uuid.uuid4()),
+        "recorded_at": stamp,
+        "action": "gap_documented",
+        "actor": meta.get("author") or meta.get("rotated_by"),
+        "reason": meta["reason"],
+        "soc2_controls": ["CC6.1", "CC6.6", "CC7.2"],
+        "meta": meta,
+    }
+
+
+def test_a_rotation_signature_reused_as_a_gap_statement_documents_nothing(
+    workdir: Path, rsa_keys: Path
+) -> None:
+    """A signed operator rotation signs chain_id, reason, rotated_by, stated_at: not
+    from/to. Its meta, relabelled gap_documented with any from/to added beside the
+    signed fields, must not document a gap (it would document every gap there is)."""
+    chain = ChainWriter(workdir)
+    rotation = _automatic_rotation(chain)
+    operator = {
+        "chain_id": "flag-audit",
+        "reason": "annual key ceremony",
+        "rotated_by": "bob@example.com",
+        "stated_at": format_timestamp(chain.now),
+        "automatic": False,
+    }
+    stolen = signed(operator, ROTATION_SIGNED_FIELDS, rsa_keys)  # read from any old export
+    forged = {**stolen, "from": "2000-01-01T00:00:00.000000Z", "to": "2100-01-01T00:00:00.000000Z"}
+    record = _gap_record(chain, forged)
+    _relay_would_seal(record)
+    chain.add("gap_documented", forged, actor=record["actor"], reason=record["reason"])
+    _, manifest, report = _verify_day(workdir, rsa_keys)
+    assert [g["sequence"] for g in manifest["undocumented_gaps"]] == [rotation["sequence"]]
+    assert "Undocumented gap (rotation)" in render(report)
+
+
+def test_a_gap_statement_signed_for_another_chain_documents_nothing(
+    workdir: Path, rsa_keys: Path
+) -> None:
+    """One audit key signs every chain's statements. A statement signed for chain
+    'billing-audit' (read from its export), copied into this chain's outbox, must not
+    document this chain's gap."""
+    chain = ChainWriter(workdir)
+    rotation = _automatic_rotation(chain)
+    statement = _billing_statement(chain)
+    replayed = signed(statement, [*GAP_SIGNED_FIELDS, "chain_id"], rsa_keys)
+    _relay_would_seal(_gap_record(chain, replayed))
+    chain.add("gap_documented", replayed, actor="bob@example.com", reason=statement["reason"])
+    _, manifest, report = _verify_day(workdir, rsa_keys)
+    assert [g["sequence"] for g in manifest["undocumented_gaps"]] == [rotation["sequence"]]
+    assert "Undocumented gap (rotation)" in render(report)
+
+
+def _billing_statement(chain: ChainWriter) -> dict:
+    return {
+        "chain_id": "billing-audit",
+        "from": format_timestamp(chain.now - timedelta(hours=1)),
+        "to": format_timestamp(chain.now),
+        "reason": "billing relay was down",
+        "author": "bob@example.com",
+        "stated_at": format_timestamp(chain.now),
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: producers.meta.GAP_SIGNED_FIELDS (from, to, reason, author, stated_at) "
+    "does not sign the chain id, and relay.statements.statement_signed cannot require it "
+    "without refusing every statement written so far",
+)
+def test_a_gap_statement_as_flagtrail_signs_it_cannot_be_replayed_into_another_chain(
+    workdir: Path, rsa_keys: Path
+) -> None:
+    chain = ChainWriter(workdir)
+    rotation = _automatic_rotation(chain)
+    statement = _billing_statement(chain)  # what `gap document` signs for billing-audit
+    replayed = signed({k: statement[k] for k in GAP_SIGNED_FIELDS}, GAP_SIGNED_FIELDS, rsa_keys)
+    _relay_would_seal(_gap_record(chain, replayed))
+    chain.add("gap_documented", replayed, actor="bob@example.com", reason=statement["reason"])
+    _, manifest, _ = _verify_day(workdir, rsa_keys)
+    assert [g["sequence"] for g in manifest["undocumented_gaps"]] == [rotation["sequence"]]
