@@ -16,8 +16,9 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from producers.events import canonical_json
-from relay.gaps import Gap, GapFinder
+from producers.events import canonical_json, parse_timestamp
+from relay.canonical import LineError
+from relay.gaps import DEFAULT_CLOCK_SKEW_TOLERANCE_S, Gap, GapFinder
 from relay.signing import PublicKey, fingerprint, signature_valid
 
 # gap statements written before signed_fields existed sign exactly these
@@ -53,6 +54,35 @@ def statement_signed(record: dict[str, Any], keys: Sequence[PublicKey]) -> bool:
     named = meta.get("signing_key_fingerprint")
     candidates = [k for k in keys if fingerprint(k) == named] or list(keys)
     return any(signature_valid(digest, signature, key) for key in candidates)
+
+
+def stated_in_time(record: dict[str, Any], lag_s: float) -> bool:
+    """A signed stated_at lies within the relay's lag of when the relay sealed the record
+    (relayed_at, the relay's own clock), so a statement signed long ago and copied into
+    a new outbox row (a replay) does not pass as made now. A record whose signature
+    does not cover stated_at cannot be judged and is not refused here."""
+    meta = record.get("meta")
+    fields = meta.get("signed_fields") if isinstance(meta, dict) else None
+    if not isinstance(fields, list | tuple) or "stated_at" not in fields:
+        return True
+    try:
+        stated = parse_timestamp(str(meta.get("stated_at")))
+        relayed = parse_timestamp(str(record.get("relayed_at")))
+    except (LineError, ValueError):
+        return False
+    late = (relayed - stated).total_seconds()
+    return -DEFAULT_CLOCK_SKEW_TOLERANCE_S <= late <= lag_s
+
+
+def operator_rotation_signed(
+    record: dict[str, Any], keys: Sequence[PublicKey], lag_s: float
+) -> bool:
+    """An operator's rotation, signed with one of ``keys`` and sealed when it was signed."""
+    return (
+        not is_automatic_rotation(record)
+        and statement_signed(record, keys)
+        and stated_in_time(record, lag_s)
+    )
 
 
 def is_automatic_rotation(record: dict[str, Any]) -> bool:
@@ -95,7 +125,7 @@ class CheckedGapFinder(GapFinder):
             return
         if record.get("action") != "sentinel_rotation":
             return
-        signed = not is_automatic_rotation(record) and statement_signed(record, self.keys)
+        signed = operator_rotation_signed(record, self.keys, self.lag_threshold_s)
         for gap in self.gaps[before:]:
             if gap.kind == "rotation":
                 gap.documented_by = record.get("event_id") if signed else None

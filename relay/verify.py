@@ -60,7 +60,7 @@ from relay.manifest import (
     window_stem,
 )
 from relay.signing import PublicKey, fingerprint, load_public_key, signature_valid
-from relay.statements import CheckedGapFinder, is_automatic_rotation, statement_signed
+from relay.statements import CheckedGapFinder, is_automatic_rotation, operator_rotation_signed
 from relay.summary import format_summary
 from relay.trust import Trust
 
@@ -649,7 +649,7 @@ def _recompute(
         return
     if on_disk != summary:
         report.fail(max(report.records, 1), "the summary file differs from the records' counts")
-    _note_rotations(report, stitched, statement_keys)
+    _note_rotations(report, stitched, statement_keys, lag)
     for gap in derived["undocumented_gaps"]:
         report.findings.append(
             f"Undocumented gap ({gap['kind']}) {gap['start']} → {gap['end']}, sequence "
@@ -692,7 +692,9 @@ def _chain_head_problem(point: Any, head: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _note_rotations(report: VerifyReport, stitched: _Stitched, keys: list[PublicKey]) -> None:
+def _note_rotations(
+    report: VerifyReport, stitched: _Stitched, keys: list[PublicKey], lag_s: float
+) -> None:
     for number, record in stitched.meta:
         if not _rotation(record):
             continue
@@ -707,10 +709,13 @@ def _note_rotations(report: VerifyReport, stitched: _Stitched, keys: list[Public
             names += f", last trusted sequence {meta.get('last_trusted_sequence')}"
         if is_automatic_rotation(record):
             kind = "automatic (relay)"
-        elif statement_signed(record, keys):
+        elif operator_rotation_signed(record, keys, lag_s):
             kind = f"operator {meta.get('rotated_by')}, signed by a trusted key"
         else:
-            kind = f"operator {meta.get('rotated_by')}, NOT signed by a trusted key"
+            kind = (
+                f"operator {meta.get('rotated_by')}, NOT signed by a trusted key "
+                "(or signed long before the relay sealed it: a replay)"
+            )
             report.findings.append(
                 f"Rotation at record {number} is not signed by a trusted key: it documents nothing"
             )

@@ -122,3 +122,31 @@ def test_a_gap_statement_as_flagtrail_signs_it_cannot_be_replayed_into_another_c
     chain.add("gap_documented", replayed, actor="bob@example.com", reason=statement["reason"])
     _, manifest, _ = _verify_day(workdir, rsa_keys)
     assert [g["sequence"] for g in manifest["undocumented_gaps"]] == [rotation["sequence"]]
+
+
+def test_an_old_signed_rotation_replayed_later_documents_nothing(
+    workdir: Path, rsa_keys: Path
+) -> None:
+    """A rotation `flagtrail rotate` signed months ago (chain_id, reason, rotated_by,
+    stated_at), copied into a new outbox row, is sealed again by the relay, which fills
+    in the head before it: verify must not report it as an operator's signed rotation."""
+    chain = ChainWriter(workdir)
+    chain.add()
+    operator = {
+        "chain_id": "flag-audit",
+        "reason": "annual key ceremony",
+        "rotated_by": "bob@example.com",
+        "stated_at": format_timestamp(chain.now - timedelta(days=90)),
+        "automatic": False,
+    }
+    replayed = {**signed(operator, ROTATION_SIGNED_FIELDS, rsa_keys), **chain.rotation_meta()}
+    replayed["rotated_by"] = "bob@example.com"
+    record = {**_gap_record(chain, replayed), "action": "sentinel_rotation"}
+    _relay_would_seal(record)
+    rotation = chain.add("sentinel_rotation", replayed, actor="bob@example.com")
+    chain.add()
+    _, manifest, report = _verify_day(workdir, rsa_keys)
+    assert [g["sequence"] for g in manifest["undocumented_gaps"]] == [rotation["sequence"]]
+    text = render(report)
+    assert "operator bob@example.com, signed by a trusted key" not in text
+    assert "Rotation at record 2 is not signed by a trusted key" in text
