@@ -197,6 +197,12 @@ def export_window(
     public_key = key.public_key()
     old = _read_previous(previous) if previous else None
     tail = audit_log.tail()
+    if tail is None:  # a chain the log never held: a mistyped --chain or log, not a quiet week
+        chain = getattr(audit_log, "chain_id", "?")
+        raise ConfigError(
+            f"the log holds no record of chain {chain!r}: check --chain and --log-url "
+            "(nothing was exported)"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = PackagePaths.for_window(out_dir, start, end)
     scan = _Scan(WindowFacts(), CheckedGapFinder([public_key], lag_threshold_s))

@@ -18,6 +18,7 @@ from producers.meta import GAP_SIGNED_FIELDS, ROTATION_SIGNED_FIELDS
 from relay.outbox.base import OutboxPosition, OutboxRow
 from relay.quarantine import decode_row
 from relay.verify import render
+from tests.conftest import run_cli
 from tests.test_evidence_package import ChainWriter, _verify_day, signed
 
 
@@ -150,3 +151,20 @@ def test_an_old_signed_rotation_replayed_later_documents_nothing(
     text = render(report)
     assert "operator bob@example.com, signed by a trusted key" not in text
     assert "Rotation at record 2 is not signed by a trusted key" in text
+
+
+def test_export_of_a_mistyped_chain_is_an_error_not_an_empty_signed_package(
+    workdir: Path, rsa_keys: Path
+) -> None:
+    """One SQLite log holds several chains: a CI job with FLAGTRAIL_CHAIN=flag-audt
+    must not sign 'no events this week' for a chain that is not in the log."""
+    chain = ChainWriter(workdir)
+    chain.add()
+    chain.log.close()
+    env = {"AUDIT_SIGNING_KEY_PATH": str(rsa_keys / "audit-private.pem")}
+    day = ["--start", "2026-03-02", "--end", "2026-03-02"]
+    good = run_cli("export", *day, "--out", "ev", cwd=workdir, env=env)
+    assert good.returncode == 0, good.stderr
+    typo = run_cli("export", *day, "--out", "typo", "--chain", "flag-audt", cwd=workdir, env=env)
+    assert typo.returncode == 2 and "flag-audt" in typo.stderr, typo.stdout + typo.stderr
+    assert "Traceback" not in typo.stderr and not (workdir / "typo").exists()
