@@ -197,11 +197,11 @@ def export_window(
     public_key = key.public_key()
     old = _read_previous(previous) if previous else None
     tail = audit_log.tail()
-    if tail is None:  # a chain the log never held: a mistyped --chain or log, not a quiet week
-        chain = getattr(audit_log, "chain_id", "?")
+    others = audit_log.chain_ids() if tail is None and hasattr(audit_log, "chain_ids") else []
+    if others:  # a log of other chains only: a mistyped --chain, not a quiet week
         raise ConfigError(
-            f"the log holds no record of chain {chain!r}: check --chain and --log-url "
-            "(nothing was exported)"
+            f"the log holds no record of chain {getattr(audit_log, 'chain_id', '?')!r}, "
+            f"only of {', '.join(map(repr, others))}: check --chain (nothing was exported)"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = PackagePaths.for_window(out_dir, start, end)
