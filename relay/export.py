@@ -204,7 +204,8 @@ def export_window(
             f"only of {', '.join(map(repr, others))}: check --chain (nothing was exported)"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = PackagePaths.for_window(out_dir, start, end)
+    log_chain = getattr(audit_log, "chain_id", None)
+    paths = PackagePaths.for_window(out_dir, start, end, log_chain)
     scan = _Scan(WindowFacts(), CheckedGapFinder([public_key], lag_threshold_s))
 
     def note(line: bytes) -> None:
@@ -227,6 +228,7 @@ def export_window(
                     f"the log's record before the window is unreadable: {exc}"
                 ) from None
             facts.chain_id = chain_id if isinstance(chain_id, str) else None
+        facts.chain_id = facts.chain_id or log_chain
     paths.signature.write_bytes(sign_digest(bytes.fromhex(file_sha256), key))
     paths.public_key.write_bytes(public_pem(public_key))
 

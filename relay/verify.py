@@ -870,12 +870,14 @@ def verify_export(
     manifest_data = read_file(paths.manifest, "manifest")
     manifest = parse_manifest(manifest_data, paths.manifest.name)
     start, end = manifest_window(manifest)
-    expected_name = f"{window_stem(start, end)}.jsonl"
+    chain = manifest.get("chain_id")
+    expected_name = f"{window_stem(start, end, chain if isinstance(chain, str) else None)}.jsonl"
     if path.name != expected_name or manifest["evidence_file"] != path.name:
         report.fail(
             1,
             f"the file is named {path.name} but its signed manifest is for "
-            f"{start} → {end} ({expected_name}): a package renamed as another window",
+            f"{start} → {end} of chain {chain!r} ({expected_name}): a package renamed as "
+            "another window or chain",
         )
     manifest_anchor = manifest.get("anchor") or {"sequence": 0, "hash": GENESIS}
     report.anchor, report.anchor_source = manifest_anchor["hash"], "from the signed manifest"

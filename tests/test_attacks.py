@@ -17,9 +17,9 @@ from producers.events import canonical_json, format_timestamp
 from producers.meta import GAP_SIGNED_FIELDS, ROTATION_SIGNED_FIELDS
 from relay.outbox.base import OutboxPosition, OutboxRow
 from relay.quarantine import decode_row
-from relay.verify import render
+from relay.verify import render, verify_export
 from tests.conftest import run_cli
-from tests.test_evidence_package import ChainWriter, _verify_day, signed
+from tests.test_evidence_package import DAY1, ChainWriter, _verify_day, signed
 
 
 def _relay_would_seal(record: dict) -> None:
@@ -168,3 +168,37 @@ def test_export_of_a_mistyped_chain_is_an_error_not_an_empty_signed_package(
     typo = run_cli("export", *day, "--out", "typo", "--chain", "flag-audt", cwd=workdir, env=env)
     assert typo.returncode == 2 and "flag-audt" in typo.stderr, typo.stdout + typo.stderr
     assert "Traceback" not in typo.stderr and not (workdir / "typo").exists()
+
+
+def test_another_chains_package_for_the_same_week_does_not_pass_as_this_chains(
+    workdir: Path, rsa_keys: Path
+) -> None:
+    """One key signs every chain. The package of a quiet side chain for the same week
+    must not verify under the name an auditor asks for (flag-audit's): the file name
+    binds the chain as it binds the window."""
+    from relay.export import export_window
+    from relay.logs import open_log
+
+    chain = ChainWriter(workdir)
+    for _ in range(3):
+        chain.add()
+    chain.log.close()
+    quiet = ChainWriter(workdir)  # the same file, another chain
+    quiet.log.close()
+    quiet.log = open_log(f"sqlite:///{workdir / 'log.db'}", "quiet-chain")
+    quiet.add(chain_id="quiet-chain")
+    quiet.log.close()
+    with open_log(f"sqlite:///{workdir / 'log.db'}", "quiet-chain", read_only=True) as log:
+        paths, manifest = export_window(
+            log, DAY1, DAY1, workdir / "side", rsa_keys / "audit-private.pem"
+        )
+    assert manifest["chain_id"] == "quiet-chain" and manifest["record_count"] == 1
+    asked = workdir / "side" / "flag-audit-soc2_2026-03-02_2026-03-02.jsonl"
+    if paths.jsonl != asked:  # what an insider hands over as flag-audit's week
+        for suffix in (".jsonl", ".jsonl.sig", ".manifest.json", ".manifest.json.sig"):
+            source = paths.jsonl.with_name(paths.jsonl.name.removesuffix(".jsonl") + suffix)
+            source.rename(asked.with_name(asked.name.removesuffix(".jsonl") + suffix))
+        summary = paths.summary
+        summary.rename(asked.with_name(asked.name.removesuffix(".jsonl") + ".summary.txt"))
+    report = verify_export(asked, rsa_keys / "audit-public.pem")
+    assert report.exit_code == 1, render(report)
