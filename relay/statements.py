@@ -140,6 +140,11 @@ class CheckedGapFinder(GapFinder):
 
     def note_statement(self, record: dict[str, Any]) -> None:
         if statement_signed(record, self.keys):
+            meta, stamp = record["meta"], record.get("timestamp_utc")
+            if isinstance(stamp, str) and isinstance(meta.get("to"), str) and meta["to"] > stamp:
+                # a statement vouches for the past only: "--to 2099" must not document
+                # the log being found tampered next month
+                record = {**record, "meta": {**meta, "to": stamp}}
             super().note_statement(record)
         else:
             self.rejected_statements.append(

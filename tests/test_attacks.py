@@ -202,3 +202,24 @@ def test_another_chains_package_for_the_same_week_does_not_pass_as_this_chains(
         summary.rename(asked.with_name(asked.name.removesuffix(".jsonl") + ".summary.txt"))
     report = verify_export(asked, rsa_keys / "audit-public.pem")
     assert report.exit_code == 1, render(report)
+
+
+def test_a_gap_statement_cannot_document_what_happens_after_it(
+    workdir: Path, rsa_keys: Path
+) -> None:
+    """A careless (or far-sighted) operator signs `gap document --to 2099-12-31`: the
+    statement must not pre-document the log being found tampered next month."""
+    chain = ChainWriter(workdir)
+    chain.add()
+    statement = {
+        "from": format_timestamp(chain.now - timedelta(hours=1)),
+        "to": "2099-12-31T00:00:00.000000Z",
+        "reason": "maintenance window",
+        "author": "bob@example.com",
+        "stated_at": format_timestamp(chain.now),
+    }
+    chain.add("gap_documented", signed(statement, GAP_SIGNED_FIELDS, rsa_keys))
+    rotation = _automatic_rotation(chain)  # later: the relay finds the log tampered
+    _, manifest, report = _verify_day(workdir, rsa_keys)
+    assert [g["sequence"] for g in manifest["undocumented_gaps"]] == [rotation["sequence"]]
+    assert "Undocumented gap (rotation)" in render(report)
