@@ -223,3 +223,34 @@ def test_a_gap_statement_cannot_document_what_happens_after_it(
     _, manifest, report = _verify_day(workdir, rsa_keys)
     assert [g["sequence"] for g in manifest["undocumented_gaps"]] == [rotation["sequence"]]
     assert "Undocumented gap (rotation)" in render(report)
+
+
+@pytest.mark.parametrize("key_from", ["--pubkey", "AUDIT_SIGNING_KEY_PATH"])
+def test_gap_scan_in_ci_does_not_believe_an_unsigned_statement(
+    workdir: Path, rsa_keys: Path, key_from: str
+) -> None:
+    """`gap scan --fail-on-undocumented` is the CI gate (workflow, CronJob). A statement
+    an insider wrote straight into the outbox, with no key (a made-up signature), or a
+    rotation's signature relabelled as a gap statement, must not pass it."""
+    chain = ChainWriter(workdir)
+    _automatic_rotation(chain)
+    made_up = {
+        "from": "2000-01-01T00:00:00.000000Z",
+        "to": format_timestamp(chain.now),
+        "reason": "nothing to see",
+        "author": "bob@example.com",
+        "stated_at": format_timestamp(chain.now),
+        "signed_fields": GAP_SIGNED_FIELDS,
+        "signing_key_fingerprint": "SHA256:" + "0" * 64,
+        "statement_signature": "AAAA",
+    }
+    _relay_would_seal(_gap_record(chain, made_up))
+    chain.add("gap_documented", made_up, actor="bob@example.com")
+    chain.log.close()
+    args = ["gap", "scan", "--start", "2026-03-02", "--end", "2026-03-02"]
+    public, private = rsa_keys / "audit-public.pem", rsa_keys / "audit-private.pem"
+    env = {"AUDIT_SIGNING_KEY_PATH": str(private)} if key_from != "--pubkey" else {}
+    extra = ["--pubkey", str(public)] if key_from == "--pubkey" else []
+    scan = run_cli(*args, *extra, "--fail-on-undocumented", cwd=workdir, env=env)
+    assert scan.returncode == 1, scan.stdout + scan.stderr
+    assert "rotation" in scan.stdout and "UNDOCUMENTED" in scan.stdout
