@@ -291,3 +291,79 @@ def test_the_undocumented_gaps_alert_is_not_cleared_by_an_unsigned_statement(
         )
     value = metrics.registry.get_sample_value("flagtrail_undocumented_gaps", {}) or 0.0
     assert value == 1
+
+
+def test_a_forged_tail_cannot_make_the_relay_skip_real_outbox_rows(workdir: Path) -> None:
+    """Someone who can write the log file (no key needed: the chain is keyless) appends
+    one well-chained record whose outbox position lies far ahead. The relay takes a log
+    ahead of its checkpoint for its own crashed batch and marks the outbox through the
+    tail's position: the real rows below it must not vanish unlogged."""
+    import json
+
+    from flagtrail import settings
+    from producers.schema import outbox
+    from relay.canonical import seal
+    from relay.logs import open_log
+    from relay.logs.base import LogEntry
+    from tests.test_operations import log_records, record_changes
+    from tests.test_relay_integrity import relay_in_process
+
+    record_changes(workdir, 3)
+    relay_in_process()
+    with open_log("sqlite:///log.db") as audit_log:
+        tail = audit_log.tail()
+        forged = {**json.loads(tail.line), "event_id": str(uuid.uuid4())}
+        forged["sequence"] = tail.sequence + 1
+        forged.pop("hash"), forged.pop("prev_hash")
+        digest, line = seal(forged, tail.record_hash)
+        entry = LogEntry(forged["sequence"], forged["timestamp_utc"], digest, line, None)
+        audit_log.append([entry._replace(position=OutboxPosition(0, 1000))], tail.sequence)
+    record_changes(workdir, 2, start=3)  # real changes, committed after the forgery
+    relay_in_process()
+    records = log_records()
+    engine = settings.make_engine("sqlite:///outbox.db")
+    with engine.connect() as conn:
+        committed = {row.event_id for row in conn.execute(outbox.select())}
+    engine.dispose()
+    assert committed - {r["event_id"] for r in records} == set(), "real changes never logged"
+    rotation = next(r for r in records if r["action"] == "sentinel_rotation")
+    assert rotation["meta"]["automatic"] is True and "appended" in rotation["meta"]["reason"]
+
+
+def test_a_batch_appended_but_not_marked_is_still_resumed_without_a_rotation(
+    workdir: Path,
+) -> None:
+    """The other side of the forged-tail check: the relay's own crash between append and
+    mark (log ahead of the checkpoint, by rows still pending) is no tampering."""
+    from flagtrail import settings
+    from relay.logs import open_log
+    from relay.outbox import open_outbox_source
+    from relay.relay import Relay
+    from tests.test_operations import log_records, record_changes
+
+    record_changes(workdir, 3)
+    engine = settings.make_engine("sqlite:///outbox.db")
+
+    class Crash(Exception):
+        pass
+
+    def crash(*_: object, **__: object) -> int:
+        raise Crash  # killed after the log committed, before the outbox marks
+
+    first = Relay(open_outbox_source(engine, "flag-audit"), open_log("sqlite:///log.db"))
+    first.resume()
+    first.relay_batch()
+    record_changes(workdir, 2, start=3)
+    first.source.mark_through = crash  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        first.relay_batch()
+    first.log.close()
+    second = Relay(open_outbox_source(engine, "flag-audit"), open_log("sqlite:///log.db"))
+    assert second.source.checkpoint().sequence == 3 and second.log.tail().sequence == 5
+    second.resume()
+    assert second.drain() == 0  # nothing left, nothing repeated
+    second.log.close()
+    engine.dispose()
+    records = log_records()
+    assert [r["action"] for r in records].count("sentinel_rotation") == 0
+    assert len({r["event_id"] for r in records}) == len(records) == 5
