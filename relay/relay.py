@@ -220,7 +220,7 @@ MAX_UNMARKED_ENTRIES = 100_000
 def unmarked_problem(
     checkpoint: Checkpoint | None,
     tail: LogEntry | None,
-    entry_at: Callable[[int], LogEntry | None],
+    audit_log: AuditLog,
     pending: Callable[[OutboxPosition | None, int], list[OutboxRow]],
 ) -> str | None:
     """Why the records after the checkpoint are not this relay's own crashed batch.
@@ -239,14 +239,19 @@ def unmarked_problem(
             f"the log runs {ahead} records past sequence {checkpoint.sequence}, the last "
             "this outbox recorded as relayed: records were appended to the log"
         )
+    known = audit_log.entry_at(checkpoint.sequence)  # log_problem proved it the checkpoint's
+    if known is None:
+        return f"the log has no record at sequence {checkpoint.sequence}"
     rows = iter(pending(checkpoint.position, ahead))
-    position, previous = checkpoint.position, checkpoint.record_hash
-    for sequence in range(checkpoint.sequence + 1, tail.sequence + 1):
+    position, previous, sequence = checkpoint.position, checkpoint.record_hash, checkpoint.sequence
+    for entry in audit_log.read(known.timestamp_utc):  # one read: a batch can be long
+        if entry.sequence <= checkpoint.sequence:
+            continue
+        if entry.sequence > tail.sequence:
+            break
+        sequence += 1
         what = f"the record at sequence {sequence} (after the checkpoint)"
-        entry = entry_at(sequence)
-        if entry is None:
-            return f"the log has no record at sequence {sequence}, before its tail"
-        problem = entry_problem(entry, what)
+        problem = entry_problem(entry, what) if entry.sequence == sequence else what + " is missing"
         if problem:
             return problem
         prev, payload, _ = line_parts(entry.line.encode())
@@ -266,6 +271,8 @@ def unmarked_problem(
                 "outbox row: the log was appended to by something other than this relay"
             )
         position = row.position
+    if sequence != tail.sequence:
+        return f"the log's records after sequence {checkpoint.sequence} do not reach its tail"
     return None
 
 
@@ -319,15 +326,13 @@ class Relay:
         tail = self.log.tail()
         problem = log_problem(tail, checkpoint, self.log.entry_at)
         if problem is None:
-            problem = unmarked_problem(
-                checkpoint, tail, self.log.entry_at, self.source.fetch_pending
-            )
+            problem = unmarked_problem(checkpoint, tail, self.log, self.source.fetch_pending)
             if problem is not None and self.source.checkpoint() != checkpoint:
                 # an old leader marked its batch meanwhile: judge again from its checkpoint
                 checkpoint = self.source.checkpoint()
                 tail = self.log.tail()
                 problem = log_problem(tail, checkpoint, self.log.entry_at) or unmarked_problem(
-                    checkpoint, tail, self.log.entry_at, self.source.fetch_pending
+                    checkpoint, tail, self.log, self.source.fetch_pending
                 )
         self.head = ChainHead.of(tail)
         if problem:
