@@ -276,15 +276,31 @@ def unmarked_problem(
     return None
 
 
+_RELAY_FIELDS = frozenset({"sequence", "timestamp_utc", "relayed_at"})
+
+
 def _names_row(record: dict[str, Any], row: OutboxRow) -> bool:
-    """The log record is the one the relay makes of this outbox row."""
+    """The log record is the one the relay makes of this outbox row: the row's own
+    fields, unchanged, plus what sealing adds (a quarantine names the row instead)."""
     if record.get("action") == "quarantined":
         meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
         return meta.get("outbox_position") == row.position.encode()
     try:
-        return strict_record(payload_bytes(row.payload)).get("event_id") == record.get("event_id")
+        sent = strict_record(payload_bytes(row.payload))
     except LineError:
         return False
+    return _as_sent(record) == _as_sent(sent)
+
+
+def _as_sent(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without what the relay adds when it seals it."""
+    kept = {k: v for k, v in record.items() if k not in _RELAY_FIELDS}
+    if kept.get("action") == "sentinel_rotation" and isinstance(kept.get("meta"), dict):
+        meta = kept["meta"]
+        kept["meta"] = {
+            k: v for k, v in meta.items() if k not in ("previous_sequence", "previous_hash")
+        }
+    return kept
 
 
 class Relay:

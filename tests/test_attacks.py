@@ -293,7 +293,10 @@ def test_the_undocumented_gaps_alert_is_not_cleared_by_an_unsigned_statement(
     assert value == 1
 
 
-def test_a_forged_tail_cannot_make_the_relay_skip_real_outbox_rows(workdir: Path) -> None:
+@pytest.mark.parametrize("forgery", ["a far position", "the next row, edited"])
+def test_a_forged_tail_cannot_make_the_relay_skip_real_outbox_rows(
+    workdir: Path, forgery: str
+) -> None:
     """Someone who can write the log file (no key needed: the chain is keyless) appends
     one well-chained record whose outbox position lies far ahead. The relay takes a log
     ahead of its checkpoint for its own crashed batch and marks the outbox through the
@@ -305,20 +308,28 @@ def test_a_forged_tail_cannot_make_the_relay_skip_real_outbox_rows(workdir: Path
     from relay.canonical import seal
     from relay.logs import open_log
     from relay.logs.base import LogEntry
+    from relay.outbox import open_outbox_source
     from tests.test_operations import log_records, record_changes
     from tests.test_relay_integrity import relay_in_process
 
     record_changes(workdir, 3)
     relay_in_process()
+    record_changes(workdir, 2, start=3)  # real changes, not relayed yet
     with open_log("sqlite:///log.db") as audit_log:
         tail = audit_log.tail()
         forged = {**json.loads(tail.line), "event_id": str(uuid.uuid4())}
-        forged["sequence"] = tail.sequence + 1
-        forged.pop("hash"), forged.pop("prev_hash")
+        position = OutboxPosition(0, 1000)
+        if forgery != "a far position":  # the next row's own record, its approver changed
+            row = open_outbox_source(settings.make_engine("sqlite:///outbox.db"), "flag-audit")
+            (next_row,) = row.fetch_pending(None, 1)
+            forged = {**json.loads(next_row.payload), "approver": "mallory@evil.test"}
+            position = next_row.position
+        forged |= {"sequence": tail.sequence + 1, "relayed_at": forged["recorded_at"]}
+        forged["timestamp_utc"] = tail.timestamp_utc
+        forged.pop("hash", None), forged.pop("prev_hash", None)
         digest, line = seal(forged, tail.record_hash)
-        entry = LogEntry(forged["sequence"], forged["timestamp_utc"], digest, line, None)
-        audit_log.append([entry._replace(position=OutboxPosition(0, 1000))], tail.sequence)
-    record_changes(workdir, 2, start=3)  # real changes, committed after the forgery
+        entry = LogEntry(forged["sequence"], forged["timestamp_utc"], digest, line, position)
+        audit_log.append([entry], tail.sequence)
     relay_in_process()
     records = log_records()
     engine = settings.make_engine("sqlite:///outbox.db")
