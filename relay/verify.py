@@ -869,6 +869,15 @@ def verify_export(
 
     manifest_data = read_file(paths.manifest, "manifest")
     manifest = parse_manifest(manifest_data, paths.manifest.name)
+    own_key = trust.names_any_of(
+        [paths.public_key, paths.jsonl.with_name(str(manifest.get("public_key") or "-"))]
+    )
+    if own_key is not None:
+        raise ConfigError(
+            f"the trusted key {own_key} is the key shipped inside the package, which proves "
+            "nothing: pass the registered key (--pubkey, --key-fingerprint or "
+            "FLAGTRAIL_TRUSTED_KEYS)"
+        )
     start, end = manifest_window(manifest)
     chain = manifest.get("chain_id")
     expected_name = f"{window_stem(start, end, chain if isinstance(chain, str) else None)}.jsonl"

@@ -378,3 +378,43 @@ def test_a_batch_appended_but_not_marked_is_still_resumed_without_a_rotation(
     records = log_records()
     assert [r["action"] for r in records].count("sentinel_rotation") == 0
     assert len({r["event_id"] for r in records}) == len(records) == 5
+
+
+@pytest.mark.parametrize("how", ["--pubkey", "FLAGTRAIL_TRUSTED_KEYS"])
+def test_a_ci_job_trusting_the_key_shipped_in_the_package_is_refused(
+    workdir: Path, tmp_path_factory: pytest.TempPathFactory, how: str
+) -> None:
+    """A careless job runs `verify evidence/x.jsonl --pubkey evidence/audit-public.pem`:
+    whoever replaces the package (key included) then passes it. Trusting the package's
+    own key file is the same as trusting no key."""
+    import shutil
+
+    from relay.signing import generate_keypair
+
+    mallory_keys = tmp_path_factory.mktemp("mallory")
+    generate_keypair(mallory_keys, "ec")
+    chain = ChainWriter(workdir)
+    chain.add()
+    paths, _ = _export_day(workdir, mallory_keys)  # a package made with Mallory's key
+    shipped = paths.public_key
+    assert shipped.read_bytes() == (mallory_keys / "audit-public.pem").read_bytes()
+    args = ["verify", str(paths.jsonl)]
+    if how == "--pubkey":
+        result = run_cli(*args, "--pubkey", str(shipped), cwd=workdir)
+    else:
+        trust_file = paths.jsonl.parent / "trusted.pem"
+        shutil.copy(shipped, trust_file)  # a copy in the folder is still not the package's
+        ok = run_cli(*args, cwd=workdir, env={"FLAGTRAIL_TRUSTED_KEYS": str(trust_file)})
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        result = run_cli(*args, cwd=workdir, env={"FLAGTRAIL_TRUSTED_KEYS": str(shipped)})
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "package" in (result.stdout + result.stderr)
+
+
+def _export_day(workdir: Path, keys: Path):
+    from relay.export import export_window
+    from relay.logs import open_log
+
+    with open_log(f"sqlite:///{workdir / 'log.db'}", read_only=True) as audit_log:
+        return export_window(audit_log, DAY1, DAY1, workdir / "ev", keys / "audit-private.pem")
