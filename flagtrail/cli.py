@@ -355,19 +355,43 @@ def cmd_gap_document(args: argparse.Namespace) -> int:
     return 0
 
 
+def _statement_keys(pubkeys: list[str]) -> list[Any]:
+    """Keys that check statement signatures: --pubkey, FLAGTRAIL_TRUSTED_KEYS's PEM keys,
+    and the public half of the signing key when one is there (as export uses it)."""
+    from flagtrail import settings
+    from relay.signing import load_private_key
+    from relay.trust import Trust
+
+    keys = list(Trust.from_environment([Path(p) for p in pubkeys]).keys)
+    signing = Path(settings.setting("AUDIT_SIGNING_KEY_PATH"))
+    if signing.is_file():
+        keys.append(load_private_key(signing).public_key())
+    return keys
+
+
 def cmd_gap_scan(args: argparse.Namespace) -> int:
     from flagtrail import settings
     from relay.canonical import LineError, strict_record
     from relay.export import window_bounds
     from relay.gaps import GapFinder
     from relay.logs import open_log
+    from relay.statements import CheckedGapFinder
 
     since, until = window_bounds(args.start, args.end)
-    finder = GapFinder(
-        args.lag_threshold,
-        args.silence_threshold * 3600 if args.silence_threshold else None,
-        args.clock_skew_tolerance,
-    )
+    keys = _statement_keys(args.pubkey)
+    silence = args.silence_threshold * 3600 if args.silence_threshold else None
+    if keys:  # a statement documents only with a good signature, as in verify
+        finder: GapFinder = CheckedGapFinder(keys, args.lag_threshold)
+        finder.silence_threshold_s, finder.clock_skew_tolerance_s = (
+            silence,
+            args.clock_skew_tolerance,
+        )
+    else:
+        print(
+            "statement signatures NOT checked: no key (pass --pubkey, FLAGTRAIL_TRUSTED_KEYS "
+            "or AUDIT_SIGNING_KEY_PATH)"
+        )
+        finder = GapFinder(args.lag_threshold, silence, args.clock_skew_tolerance)
     unreadable = []  # a bad line is reported and the scan goes on: it must not hide gaps
     with open_log(
         settings.log_url(args.log_url), settings.chain_id(args.chain), read_only=True
@@ -665,6 +689,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-on-undocumented",
         action="store_true",
         help="exit 1 when a gap is undocumented (for CI and alerting)",
+    )
+    p.add_argument(
+        "--pubkey",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="registered public key that checks statement signatures; repeatable (also "
+        "FLAGTRAIL_TRUSTED_KEYS and the signing key at AUDIT_SIGNING_KEY_PATH)",
     )
     p.add_argument(
         "--clock-skew-tolerance",

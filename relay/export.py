@@ -197,8 +197,15 @@ def export_window(
     public_key = key.public_key()
     old = _read_previous(previous) if previous else None
     tail = audit_log.tail()
+    others = audit_log.chain_ids() if tail is None and hasattr(audit_log, "chain_ids") else []
+    if others:  # a log of other chains only: a mistyped --chain, not a quiet week
+        raise ConfigError(
+            f"the log holds no record of chain {getattr(audit_log, 'chain_id', '?')!r}, "
+            f"only of {', '.join(map(repr, others))}: check --chain (nothing was exported)"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = PackagePaths.for_window(out_dir, start, end)
+    log_chain = getattr(audit_log, "chain_id", None)
+    paths = PackagePaths.for_window(out_dir, start, end, log_chain)
     scan = _Scan(WindowFacts(), CheckedGapFinder([public_key], lag_threshold_s))
 
     def note(line: bytes) -> None:
@@ -221,6 +228,7 @@ def export_window(
                     f"the log's record before the window is unreadable: {exc}"
                 ) from None
             facts.chain_id = chain_id if isinstance(chain_id, str) else None
+        facts.chain_id = facts.chain_id or log_chain
     paths.signature.write_bytes(sign_digest(bytes.fromhex(file_sha256), key))
     paths.public_key.write_bytes(public_pem(public_key))
 

@@ -55,8 +55,10 @@ class PackagePaths:
     link: Path
 
     @classmethod
-    def for_window(cls, out_dir: Path, start: date, end: date) -> PackagePaths:
-        return cls.beside(out_dir / f"{window_stem(start, end)}.jsonl")
+    def for_window(
+        cls, out_dir: Path, start: date, end: date, chain_id: str | None = None
+    ) -> PackagePaths:
+        return cls.beside(out_dir / f"{window_stem(start, end, chain_id)}.jsonl")
 
     @classmethod
     def beside(cls, jsonl: Path) -> PackagePaths:
@@ -72,8 +74,11 @@ class PackagePaths:
         )
 
 
-def window_stem(start: date, end: date) -> str:
-    return f"{STEM_PREFIX}{start.isoformat()}_{end.isoformat()}"
+def window_stem(start: date, end: date, chain_id: str | None = None) -> str:
+    """The name binds the chain as it binds the window (one key signs every chain's
+    packages); the default chain's name is the seed's, flag-audit-soc2_<start>_<end>."""
+    prefix = f"{chain_id}-soc2_" if chain_id else STEM_PREFIX
+    return f"{prefix}{start.isoformat()}_{end.isoformat()}"
 
 
 def window_bounds(start: date, end: date) -> tuple[str, str]:

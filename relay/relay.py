@@ -42,6 +42,7 @@ from relay.quarantine import (
     Unsealable,
     decode_row,
     orjson_canonical,
+    payload_bytes,
     quarantine_record,
 )
 
@@ -211,6 +212,97 @@ def log_problem(
     return entry_problem(entry, "the last record this relay committed")
 
 
+# a crashed batch leaves at most one batch unmarked; a log this far past the checkpoint
+# was written by someone else
+MAX_UNMARKED_ENTRIES = 100_000
+
+
+def unmarked_problem(
+    checkpoint: Checkpoint | None,
+    tail: LogEntry | None,
+    audit_log: AuditLog,
+    pending: Callable[[OutboxPosition | None, int], list[OutboxRow]],
+) -> str | None:
+    """Why the records after the checkpoint are not this relay's own crashed batch.
+
+    The relay marks the outbox through the tail's position on resume, so a record
+    appended by anyone who can write the log (the chain needs no key) and naming a
+    far position would make real rows vanish unlogged. Each such record must be the
+    next unrelayed outbox row, in order (its event_id, or a quarantine naming it), or
+    this relay's own automatic rotation, each linked to the one before it.
+    """
+    if checkpoint is None or tail is None or tail.sequence <= checkpoint.sequence:
+        return None
+    ahead = tail.sequence - checkpoint.sequence
+    if ahead > MAX_UNMARKED_ENTRIES:
+        return (
+            f"the log runs {ahead} records past sequence {checkpoint.sequence}, the last "
+            "this outbox recorded as relayed: records were appended to the log"
+        )
+    known = audit_log.entry_at(checkpoint.sequence)  # log_problem proved it the checkpoint's
+    if known is None:
+        return f"the log has no record at sequence {checkpoint.sequence}"
+    rows = iter(pending(checkpoint.position, ahead))
+    position, previous, sequence = checkpoint.position, checkpoint.record_hash, checkpoint.sequence
+    for entry in audit_log.read(known.timestamp_utc):  # one read: a batch can be long
+        if entry.sequence <= checkpoint.sequence:
+            continue
+        if entry.sequence > tail.sequence:
+            break
+        sequence += 1
+        what = f"the record at sequence {sequence} (after the checkpoint)"
+        problem = entry_problem(entry, what) if entry.sequence == sequence else what + " is missing"
+        if problem:
+            return problem
+        prev, payload, _ = line_parts(entry.line.encode())
+        record = strict_record(payload)
+        meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+        rotation = record.get("action") == "sentinel_rotation"
+        if prev != previous and not (rotation and prev == GENESIS):
+            return f"{what} does not link to the record before it: the log was appended to"
+        previous = entry.record_hash
+        if rotation and meta.get("automatic") is True and entry.position == position:
+            continue  # this relay's own rotation, continuing from the row before it
+        row = next(rows, None)
+        if row is None or entry.position != row.position or not _names_row(record, row):
+            where = entry.position.encode() if entry.position else None
+            return (
+                f"{what} names outbox position {where}, which is not the next unrelayed "
+                "outbox row: the log was appended to by something other than this relay"
+            )
+        position = row.position
+    if sequence != tail.sequence:
+        return f"the log's records after sequence {checkpoint.sequence} do not reach its tail"
+    return None
+
+
+_RELAY_FIELDS = frozenset({"sequence", "timestamp_utc", "relayed_at"})
+
+
+def _names_row(record: dict[str, Any], row: OutboxRow) -> bool:
+    """The log record is the one the relay makes of this outbox row: the row's own
+    fields, unchanged, plus what sealing adds (a quarantine names the row instead)."""
+    if record.get("action") == "quarantined":
+        meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+        return meta.get("outbox_position") == row.position.encode()
+    try:
+        sent = strict_record(payload_bytes(row.payload))
+    except LineError:
+        return False
+    return _as_sent(record) == _as_sent(sent)
+
+
+def _as_sent(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without what the relay adds when it seals it."""
+    kept = {k: v for k, v in record.items() if k not in _RELAY_FIELDS}
+    if kept.get("action") == "sentinel_rotation" and isinstance(kept.get("meta"), dict):
+        meta = kept["meta"]
+        kept["meta"] = {
+            k: v for k, v in meta.items() if k not in ("previous_sequence", "previous_hash")
+        }
+    return kept
+
+
 class Relay:
     def __init__(
         self,
@@ -249,6 +341,15 @@ class Relay:
         self._stage = "log"
         tail = self.log.tail()
         problem = log_problem(tail, checkpoint, self.log.entry_at)
+        if problem is None:
+            problem = unmarked_problem(checkpoint, tail, self.log, self.source.fetch_pending)
+            if problem is not None and self.source.checkpoint() != checkpoint:
+                # an old leader marked its batch meanwhile: judge again from its checkpoint
+                checkpoint = self.source.checkpoint()
+                tail = self.log.tail()
+                problem = log_problem(tail, checkpoint, self.log.entry_at) or unmarked_problem(
+                    checkpoint, tail, self.log, self.source.fetch_pending
+                )
         self.head = ChainHead.of(tail)
         if problem:
             self.observer.chain_check_failed()

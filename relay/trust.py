@@ -42,6 +42,7 @@ class Trust:
     keys: list[PublicKey] = field(default_factory=list)
     fingerprints: set[str] = field(default_factory=set)
     sources: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # where the keys were read from
 
     @property
     def empty(self) -> bool:
@@ -62,12 +63,24 @@ class Trust:
         for path in pubkeys:
             trust.keys.append(load_public_key(path))
             trust.sources.append(f"--pubkey {path}")
+            trust.files.append(Path(path))
         for text in fingerprints:
             trust.fingerprints.add(normalise_fingerprint(text))
             trust.sources.append("--key-fingerprint")
         if trust_file:
             trust._read_file(Path(trust_file))
         return trust
+
+    def names_any_of(self, shipped: Iterable[Path]) -> Path | None:
+        """The trusted key file that is one of ``shipped`` (a package's own key), if any."""
+        for trusted in self.files:
+            for candidate in shipped:
+                try:
+                    if candidate.is_file() and os.path.samefile(trusted, candidate):
+                        return trusted
+                except OSError:
+                    continue
+        return None
 
     @classmethod
     def from_environment(
@@ -81,6 +94,7 @@ class Trust:
         except OSError as exc:
             raise ConfigError(f"{TRUST_ENV}: cannot read trust file {path}: {exc}") from None
         if b"-----BEGIN" in data:
+            self.files.append(path)
             blocks = _PEM_BLOCK.findall(data)
             if not blocks:
                 raise ConfigError(f"{TRUST_ENV}: {path} holds no PEM public key")

@@ -61,7 +61,7 @@ from relay.manifest import (
     window_stem,
 )
 from relay.signing import PublicKey, fingerprint, load_public_key, signature_valid
-from relay.statements import CheckedGapFinder, is_automatic_rotation, statement_signed
+from relay.statements import CheckedGapFinder, is_automatic_rotation, operator_rotation_signed
 from relay.summary import format_summary
 from relay.trust import Trust
 
@@ -651,7 +651,7 @@ def _recompute(
         return
     if on_disk != summary:
         report.fail(max(report.records, 1), "the summary file differs from the records' counts")
-    _note_rotations(report, stitched, statement_keys)
+    _note_rotations(report, stitched, statement_keys, lag)
     for gap in derived["undocumented_gaps"]:
         report.findings.append(
             f"Undocumented gap ({gap['kind']}) {gap['start']} → {gap['end']}, sequence "
@@ -694,7 +694,9 @@ def _chain_head_problem(point: Any, head: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _note_rotations(report: VerifyReport, stitched: _Stitched, keys: list[PublicKey]) -> None:
+def _note_rotations(
+    report: VerifyReport, stitched: _Stitched, keys: list[PublicKey], lag_s: float
+) -> None:
     for number, record in stitched.meta:
         if not _rotation(record):
             continue
@@ -709,10 +711,13 @@ def _note_rotations(report: VerifyReport, stitched: _Stitched, keys: list[Public
             names += f", last trusted sequence {meta.get('last_trusted_sequence')}"
         if is_automatic_rotation(record):
             kind = "automatic (relay)"
-        elif statement_signed(record, keys):
+        elif operator_rotation_signed(record, keys, lag_s):
             kind = f"operator {meta.get('rotated_by')}, signed by a trusted key"
         else:
-            kind = f"operator {meta.get('rotated_by')}, NOT signed by a trusted key"
+            kind = (
+                f"operator {meta.get('rotated_by')}, NOT signed by a trusted key "
+                "(or signed long before the relay sealed it: a replay)"
+            )
             report.findings.append(
                 f"Rotation at record {number} is not signed by a trusted key: it documents nothing"
             )
@@ -866,13 +871,24 @@ def verify_export(
 
     manifest_data = read_file(paths.manifest, "manifest")
     manifest = parse_manifest(manifest_data, paths.manifest.name)
+    own_key = trust.names_any_of(
+        [paths.public_key, paths.jsonl.with_name(str(manifest.get("public_key") or "-"))]
+    )
+    if own_key is not None:
+        raise ConfigError(
+            f"the trusted key {own_key} is the key shipped inside the package, which proves "
+            "nothing: pass the registered key (--pubkey, --key-fingerprint or "
+            "FLAGTRAIL_TRUSTED_KEYS)"
+        )
     start, end = manifest_window(manifest)
-    expected_name = f"{window_stem(start, end)}.jsonl"
+    chain = manifest.get("chain_id")
+    expected_name = f"{window_stem(start, end, chain if isinstance(chain, str) else None)}.jsonl"
     if path.name != expected_name or manifest["evidence_file"] != path.name:
         report.fail(
             1,
             f"the file is named {path.name} but its signed manifest is for "
-            f"{start} → {end} ({expected_name}): a package renamed as another window",
+            f"{start} → {end} of chain {chain!r} ({expected_name}): a package renamed as "
+            "another window or chain",
         )
     manifest_anchor = manifest.get("anchor") or {"sequence": 0, "hash": GENESIS}
     report.anchor, report.anchor_source = manifest_anchor["hash"], "from the signed manifest"

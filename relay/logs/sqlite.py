@@ -191,6 +191,11 @@ class SQLiteAuditLog(AuditLog):
         ).fetchone()
         return _entry(row) if row else None
 
+    def chain_ids(self, limit: int = 5) -> list[str]:
+        """Some chains this file holds (a reader names them when asked for another)."""
+        rows = self._query(f"SELECT DISTINCT chain_id FROM {self._table} LIMIT ?", (limit,))
+        return [row[0] for row in rows.fetchall()]
+
     def entry_at(self, sequence: int) -> LogEntry | None:
         row = self._query(
             f"SELECT {_COLUMNS} FROM {self._table} WHERE chain_id = ? AND sequence = ?",
