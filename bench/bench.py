@@ -174,7 +174,7 @@ def verify_vs_seed(
     fill_outbox(outbox, events, all_non_ascii=all_non_ascii)
     timed_drain(outbox, f"sqlite:///{folder / 'log.db'}")
     engine.dispose()
-    generate_keypair(folder, "rsa")
+    generate_keypair(folder / "keys", "rsa")  # the registered key, apart from the package
     with open_log(f"sqlite:///{folder / 'log.db'}") as audit_log:
         started = time.perf_counter()
         _, manifest = export_window(
@@ -182,7 +182,7 @@ def verify_vs_seed(
             date(2026, 1, 1),
             date(2026, 6, 30),
             folder,
-            folder / "audit-private.pem",
+            folder / "keys" / "audit-private.pem",
         )
         export_s = time.perf_counter() - started
     records = manifest["record_count"]
@@ -205,7 +205,7 @@ def verify_vs_seed(
                     "verify",
                     H1,
                     "--pubkey",
-                    "audit-public.pem",
+                    "keys/audit-public.pem",
                 ],
                 folder,
             )

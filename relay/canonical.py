@@ -100,7 +100,14 @@ class LineError(ValueError):
     """A line that the seed's verifier could not even hash."""
 
 
-def fast_parts(
+def fast_parts(line: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(prev_hash, payload, hash) of one line in any layout, exactly the seed's, or None
+    (see ``fast_record``, which also hands back the record it decoded)."""
+    parts = fast_record(line)
+    return None if parts is None else parts[:3]
+
+
+def fast_record(
     line: bytes,
     _decode: Any = _NO_FLOAT_RECORD,
     _encode: Any = _SORTED_ENCODE,
@@ -115,8 +122,9 @@ def fast_parts(
         KeyError,
     ),
     _str: type = str,
-) -> tuple[bytes, bytes, bytes] | None:
-    """(prev_hash, payload, hash) of one line in any layout, exactly the seed's, or None.
+) -> tuple[bytes, bytes, bytes, dict[str, Any]] | None:
+    """(prev_hash, payload, hash, record) of one line in any layout, exactly the seed's,
+    or None; ``record`` is the line's object without its two hashes, as decoded.
 
     The seed pops both hashes from json.loads(line) and re-encodes the rest with
     json.dumps(sort_keys=True, separators=(",", ":")). This does the same in C,
@@ -135,7 +143,7 @@ def fast_parts(
         digest = record.pop("hash")
         prev = record.pop("prev_hash")
     except _not_without_floats:
-        return _float_parts(line)
+        return _float_record(line)
     except _errors:
         return None
     if type(digest) is not _str or type(prev) is not _str:
@@ -148,10 +156,10 @@ def fast_parts(
         payload = _ascii_escape(payload)
     if payload.find(b"\x7f") >= 0:  # only inside strings: msgspec escapes nothing else raw
         payload = payload.replace(b"\x7f", b"\\u007f")
-    return prev.encode(), payload, digest.encode()
+    return prev.encode(), payload, digest.encode(), record
 
 
-def _float_parts(
+def _float_record(
     line: bytes,
     _loads: Any = orjson.loads,
     _dumps: Any = orjson.dumps,
@@ -165,8 +173,8 @@ def _float_parts(
     ),
     _str: type = str,
     _negative_exponent: Any = _NEGATIVE_EXPONENT,
-) -> tuple[bytes, bytes, bytes] | None:
-    """fast_parts for a record with floats: orjson, declining where it and json differ.
+) -> tuple[bytes, bytes, bytes, dict[str, Any]] | None:
+    """fast_record for a record with floats: orjson, declining where it and json differ.
 
     orjson reads an integer beyond 64 bits as a float and writes exponents and
     tiny floats unlike json; a scan of the output finds either (see above).
@@ -189,7 +197,7 @@ def _float_parts(
         payload.find(b"+") >= 0 or payload.find(b".0000") >= 0 or _negative_exponent(payload)
     ) and _EXPONENT_OR_TINY.search(payload):
         return None
-    return prev.encode(), payload, digest.encode()
+    return prev.encode(), payload, digest.encode(), record
 
 
 def _ascii_escape(utf8: bytes) -> bytes:

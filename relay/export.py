@@ -11,8 +11,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from flagtrail import __version__
 from producers.controls import CONTROL_ORDER
 from producers.errors import ConfigError, EvidenceError
@@ -20,7 +18,7 @@ from relay.canonical import (
     GENESIS,
     LineError,
     chain_hash,
-    fast_parts,
+    fast_record,
     line_parts,
     strict_record,
 )
@@ -62,13 +60,17 @@ def _check_and_note(scan: _Scan, line: bytes) -> None:
     facts = scan.facts
     number = facts.count + 1
     try:
-        fast = fast_parts(line.rstrip(b"\n"))
+        fast = fast_record(line.rstrip(b"\n"))
         if fast is None:
             prev_hash, payload, digest = line_parts(line)
             record = strict_record(payload)
-        else:  # proven canonical and exactly what orjson reads (as verify does)
-            prev_hash, payload, digest = fast[0].decode(), fast[1], fast[2].decode()
-            record = orjson.loads(payload)
+        else:  # proven canonical, with the record it read (as verify does)
+            prev_hash, payload, digest, record = (
+                fast[0].decode(),
+                fast[1],
+                fast[2].decode(),
+                fast[3],
+            )
             if record.get("action") in META_ACTIONS_REPORTED:
                 record = strict_record(payload)
     except LineError as exc:
