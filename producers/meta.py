@@ -32,7 +32,8 @@ from producers.validation import check_identifier, check_json_value, check_text
 if TYPE_CHECKING:
     from producers.outbox import Outbox
 
-GAP_SIGNED_FIELDS = ["from", "to", "reason", "author", "stated_at"]
+# chain_id is signed so that a statement cannot be replayed into another chain
+GAP_SIGNED_FIELDS = ["chain_id", "from", "to", "reason", "author", "stated_at"]
 ROTATION_SIGNED_FIELDS = ["chain_id", "reason", "rotated_by", "stated_at"]
 # action -> the meta key naming the operator and the fields its signature must cover
 PUBLIC_META = {
@@ -88,6 +89,8 @@ def check_public_meta(outbox: Outbox, conn: Any, record: dict[str, Any]) -> None
             raise _refuse(action, f"{name} must be a string")
     check_text("reason", meta["reason"], outbox.policy.limits.max_reason_bytes)
     check_json_value("meta", meta, outbox.policy.limits)
+    if meta["chain_id"] != outbox.chain_id:
+        raise _refuse(action, f"it is signed for chain {meta['chain_id']!r}, not this one")
     if record.get("actor") != meta[operator_key]:
         raise _refuse(action, f"actor must be the {operator_key}")
     require_operator(outbox, conn, meta[operator_key], action)
@@ -176,7 +179,11 @@ def gap_statement(start: datetime, end: datetime, reason: str, author: str) -> d
 def document_gap(outbox: Outbox, conn: Any, statement: dict[str, Any], key: Any) -> str:
     """Write a gap_documented meta-event signed by ``key`` (covering GAP_SIGNED_FIELDS)."""
     require_operator(outbox, conn, statement["author"], "gap_documented")
-    statement = {**statement, "author": outbox.identities.resolve(statement["author"])}
+    statement = {
+        **statement,
+        "author": outbox.identities.resolve(statement["author"]),
+        "chain_id": outbox.chain_id,
+    }
     signed = sign_statement(statement, GAP_SIGNED_FIELDS, key)
     signed["signature_covers"] = "sha256 of the canonical JSON of the signed_fields: " + ", ".join(
         GAP_SIGNED_FIELDS

@@ -21,9 +21,11 @@ from prometheus_client import (
 )
 
 from producers.events import FLAG_ACTIONS, META_ACTIONS, parse_timestamp
-from relay.gaps import DEFAULT_CLOCK_SKEW_TOLERANCE_S, GapFinder
+from relay.gaps import DEFAULT_CLOCK_SKEW_TOLERANCE_S, DEFAULT_LAG_THRESHOLD_S
 from relay.outbox.base import Backlog
 from relay.relay import BatchResult, ChainHead, RelayObserver
+from relay.statements import CheckedGapFinder
+from relay.trust import Trust
 
 ACTIONS = FLAG_ACTIONS | META_ACTIONS | {"quarantined"}
 ENVIRONMENTS = frozenset({"production", "staging", "development", "test", "sandbox"})
@@ -136,7 +138,11 @@ class RelayMetrics(RelayObserver):
             "statement covers yet",
             **labels,
         )
-        self._gaps = GapFinder(clock_skew_tolerance_s=clock_skew_tolerance_s)
+        # only statements signed by a registered key (FLAGTRAIL_TRUSTED_KEYS, a PEM
+        # bundle) clear a gap: an unsigned row in the outbox must not silence the alert.
+        # Without registered keys no statement documents anything here.
+        self._gaps = CheckedGapFinder(Trust.from_environment().keys, DEFAULT_LAG_THRESHOLD_S)
+        self._gaps.clock_skew_tolerance_s = clock_skew_tolerance_s
         self.active = Gauge(
             "flagtrail_relay_active", "1 while this instance writes the chain", **labels
         )

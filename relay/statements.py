@@ -27,7 +27,12 @@ DEFAULT_SIGNED_FIELDS = {"gap_documented": ("from", "to", "reason", "author", "s
 # range, a rotation its operator. Without this, a rotation's signature (no from/to)
 # relabelled gap_documented, with any range added beside the signed fields, documents
 # every gap; and neither kind's signature passes as the other's.
-REQUIRED_SIGNED_FIELDS = {"gap_documented": {"from", "to"}, "sentinel_rotation": {"rotated_by"}}
+# a statement must sign what it claims and the chain it is about: one without chain_id
+# (written before statements named their chain) could be replayed into any chain
+REQUIRED_SIGNED_FIELDS = {
+    "gap_documented": {"chain_id", "from", "to"},
+    "sentinel_rotation": {"chain_id", "rotated_by"},
+}
 
 
 def statement_signed(record: dict[str, Any], keys: Sequence[PublicKey]) -> bool:

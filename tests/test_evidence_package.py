@@ -439,6 +439,7 @@ class ChainWriter:
             "reason": "annual key ceremony",
             "rotated_by": "alice@example.com",
             "automatic": False,
+            "chain_id": "flag-audit",
             **extra,
         }
 
@@ -460,7 +461,14 @@ def _verify_day(workdir: Path, keys: Path):
     return paths, manifest, verify_export(paths.jsonl, keys / "audit-public.pem")
 
 
-ROTATION_FIELDS = ["previous_sequence", "previous_hash", "reason", "rotated_by", "automatic"]
+ROTATION_FIELDS = [
+    "chain_id",
+    "previous_sequence",
+    "previous_hash",
+    "reason",
+    "rotated_by",
+    "automatic",
+]
 
 
 def test_a_linked_rotation_passes_the_seed_snippet_and_is_reported(
@@ -536,6 +544,7 @@ def test_automatic_rotation_is_an_undocumented_gap_until_a_signed_statement_cove
         "reason": "relay found the log truncated",
         "author": "bob@example.com",
         "stated_at": format_timestamp(chain.now),
+        "chain_id": "flag-audit",
     }
     chain.add("gap_documented", signed(statement, list(statement), mallory_keys))
     _, manifest, report = _verify_day(workdir, rsa_keys)

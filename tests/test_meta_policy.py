@@ -175,6 +175,7 @@ def test_the_public_meta_api_refuses_what_only_the_relay_may_write(
 def test_record_meta_needs_a_signature_and_an_operator(outbox: Outbox, rsa_keys: Path) -> None:
     key = load_private_key(rsa_keys / "audit-private.pem")
     statement = {"from": "a", "to": "b", "reason": "r", "author": "x", "stated_at": "s"}
+    statement["chain_id"] = outbox.chain_id
     unsigned = {**statement, "author": "bob@example.com", "signed_fields": GAP_SIGNED_FIELDS}
     with pytest.raises(InvalidChange, match="not signed"), outbox.engine.begin() as conn:
         outbox.record_meta(conn, meta_record(outbox, "gap_documented", "bob@example.com", unsigned))
@@ -189,6 +190,7 @@ def test_record_meta_needs_a_signature_and_an_operator(outbox: Outbox, rsa_keys:
 def test_record_meta_keeps_only_the_checked_parts(outbox: Outbox, rsa_keys: Path) -> None:
     key = load_private_key(rsa_keys / "audit-private.pem")
     statement = {"from": "a", "to": "b", "reason": "r", "author": "bob@example.com"}
+    statement["chain_id"] = outbox.chain_id
     signed = sign_statement({**statement, "stated_at": "s"}, GAP_SIGNED_FIELDS, key)
     record = meta_record(outbox, "gap_documented", "bob@example.com", signed)
     record |= {"recorded_at": 12, "sequence": 99, "chain_id": "other", "flag_key": "x"}

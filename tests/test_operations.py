@@ -220,7 +220,8 @@ def test_statement_signature_checks_with_the_public_key(workdir: Path, rsa_keys:
     )
     relay_once(workdir)
     meta = log_records()[-1]["meta"]
-    statement = {k: meta[k] for k in ("from", "to", "reason", "author", "stated_at")}
+    statement = {k: meta[k] for k in meta["signed_fields"]}
+    assert set(statement) == {"chain_id", "from", "to", "reason", "author", "stated_at"}
     signature = base64.b64decode(meta["statement_signature"])
     key = load_public_key(rsa_keys / "audit-public.pem")
     assert signature_valid(statement_digest(statement), signature, key)
