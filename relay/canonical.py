@@ -153,7 +153,7 @@ def fast_record(
     except _beyond_64_bits:
         payload = _encode(record)  # msgspec writes any integer
     if not payload.isascii():
-        payload = _ascii_escape(payload)
+        payload = ascii_escape(payload)
     if payload.find(b"\x7f") >= 0:  # only inside strings: msgspec escapes nothing else raw
         payload = payload.replace(b"\x7f", b"\\u007f")
     return prev.encode(), payload, digest.encode(), record
@@ -189,7 +189,7 @@ def _float_record(
     if type(digest) is not _str or type(prev) is not _str:
         return None
     if not payload.isascii():
-        payload = _ascii_escape(payload)
+        payload = ascii_escape(payload)
     if payload.find(b"\x7f") >= 0:  # only inside strings: orjson escapes nothing else raw
         payload = payload.replace(b"\x7f", b"\\u007f")
     # exponents contain e+ or e-, tiny decimals .0000: cheap scans, then the exact regex
@@ -200,7 +200,7 @@ def _float_record(
     return prev.encode(), payload, digest.encode(), record
 
 
-def _ascii_escape(utf8: bytes) -> bytes:
+def ascii_escape(utf8: bytes) -> bytes:
     """msgspec's or orjson's UTF-8 JSON with non-ASCII escaped as json.dumps does.
 
     backslashreplace (C speed) writes \\xe9, \\u2014 and \\U0001f680; json writes

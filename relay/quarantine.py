@@ -22,7 +22,7 @@ import orjson
 
 from producers.controls import controls_for_meta
 from producers.events import canonical_json, event_record
-from relay.canonical import LineError, strict_record
+from relay.canonical import LineError, ascii_escape, strict_record
 from relay.outbox.base import OutboxRow
 
 RELAY_ACTOR = "flagtrail-relay"
@@ -182,25 +182,7 @@ def orjson_canonical(record: dict[str, Any]) -> bytes:
     canonical_json(record) for records _canonical_by proved with "orjson" and for those
     plus the plain ASCII strings and integers the relay adds."""
     encoded = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-    return encoded if encoded.isascii() else _ascii_escape(encoded)
-
-
-def _ascii_escape(utf8: bytes) -> bytes:
-    """As relay.canonical._ascii_escape (kept apart so the relay's sealing does not
-    depend on a reader's private helper): \\xe9 -> \\u00e9, astral -> surrogate pair.
-    A mistaken rewrite only makes bytes differ, which sends the row to json."""
-    escaped = utf8.decode().encode("ascii", "backslashreplace").replace(b"\\x", b"\\u00")
-    if b"\\U" in escaped:
-        escaped = _ASTRAL.sub(_surrogate_pair, escaped)
-    return escaped
-
-
-def _surrogate_pair(match: re.Match[bytes]) -> bytes:
-    code = int(match.group(1), 16) - 0x10000
-    return b"\\u%04x\\u%04x" % (0xD800 | (code >> 10), 0xDC00 | (code & 0x3FF))
-
-
-_ASTRAL = re.compile(rb"\\U([0-9a-f]{8})")
+    return encoded if encoded.isascii() else ascii_escape(encoded)
 
 
 def quarantine_record(
