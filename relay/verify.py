@@ -218,6 +218,8 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
     chain_id, probe = expect.chain_id, expect.probe_sequence
     meta, gap_rows = result.meta, result.gap_rows
     lag_s = expect.lag_s
+    # the window as text bounds (timestamps compare as text): "" and "~" when not checked
+    since_text, until_text = since or "", until or "~"
     combos: dict[Any, int] = {}
     last_plain: dict[str, Any] | None = None
     # the late-run shortcut compares timestamps as text: exact for whole microseconds
@@ -266,13 +268,15 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
                 # fast_record proved the payload canonical and hands back what it read;
                 # meta-events (few) and the seed path go through the strict decoder
                 record = decoded if parts is not None else strict_record(payload)
-                action = record.get("action")
+                get = record.get  # bound once: this block reads eight fields a record
+                action = get("action")
                 if action in META_ACTIONS and parts is not None:
                     record = strict_record(payload)
+                    get = record.get
             except (LineError, ValueError, AttributeError) as exc:
                 result.finding = Finding(number, f"unreadable record: {exc}")
                 return result
-            seq, ts = record.get("sequence"), record.get("timestamp_utc")
+            seq, ts = get("sequence"), get("timestamp_utc")
             if type(seq) is not int or type(ts) is not str or len(ts) != 27 or ts[-1] != "Z":
                 result.finding = Finding(number, "no integer sequence or RFC 3339 timestamp_utc")
                 return result
@@ -280,14 +284,14 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
                 result.first_record = record
                 result.chain_id = record.get("chain_id")
                 chain_id = chain_id if chain_id is not None else result.chain_id
-            if record.get("chain_id") != chain_id:
+            if get("chain_id") != chain_id:
                 result.finding = Finding(
                     number,
-                    f"chain_id {record.get('chain_id')!r} is not the package's {chain_id!r} "
+                    f"chain_id {get('chain_id')!r} is not the package's {chain_id!r} "
                     "(a record from another chain)",
                 )
                 return result
-            if (since is not None and ts < since) or (until is not None and ts >= until):
+            if ts < since_text or ts >= until_text:
                 result.finding = Finding(
                     number, f"timestamp_utc {ts} lies outside the window [{since}, {until})"
                 )
@@ -310,7 +314,7 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
                         "or was inserted)",
                     )
                     return result
-            tags = record.get("soc2_controls")
+            tags = get("soc2_controls")
             try:
                 key = tuple(tags) if type(tags) is list else tags
                 seen = combos.get(key)
@@ -328,11 +332,11 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
                 meta.append((number, record))
                 if action == "sentinel_rotation":
                     result.rotations.append(number)
-                plain = False
+                plain, late_relayed = False, None
             elif action in WHOLE_ACTIONS:
-                plain = False
+                plain, late_relayed = False, None
             else:
-                recorded, relayed = record.get("recorded_at"), record.get("relayed_at")
+                recorded, relayed = get("recorded_at"), get("relayed_at")
                 plain = (
                     recorded == ts
                     and type(relayed) is str
@@ -354,8 +358,6 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
                     late_relayed, late_cutoff = _late_run(recorded, relayed, lag_s)
                 elif not plain:
                     late_relayed = None
-            if action in WHOLE_ACTIONS:
-                late_relayed = None
             if plain:
                 last_plain = record
             else:
