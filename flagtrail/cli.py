@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from flagtrail import __version__
-from flagtrail.logs import configure as configure_logging
 from producers.errors import (
     EXIT_ERROR,
     ConfigError,
@@ -792,17 +791,28 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
+# commands that write no log lines skip structlog's import: `verify` starts faster
+QUIET_COMMANDS = frozenset({"verify", "summary", "keygen"})
+
+
+def configure_logging(*args: Any, **kwargs: Any) -> None:
+    from flagtrail.logs import configure
+
+    configure(*args, **kwargs)
+
+
 def _run(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version or a usage error, already printed
         sys.stdout.flush()
         return exc.code if isinstance(exc.code, int) else (EXIT_ERROR if exc.code else 0)
-    configure_logging(
-        args.log_format,
-        args.log_level,
-        urls=(getattr(args, "outbox_url", None), getattr(args, "log_url", None)),
-    )
+    if args.command not in QUIET_COMMANDS:
+        configure_logging(
+            args.log_format,
+            args.log_level,
+            urls=(getattr(args, "outbox_url", None), getattr(args, "log_url", None)),
+        )
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
