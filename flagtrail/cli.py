@@ -96,6 +96,14 @@ def _add_window(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end", type=_date, required=True, help="last day, YYYY-MM-DD (included)")
 
 
+def _add_signing_key(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--signing-key",
+        help=f"private key PEM that signs {what} "
+        "[env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
+    )
+
+
 def _add_identities(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--identities", help="identity directory TOML [env FLAGTRAIL_IDENTITIES]")
 
@@ -576,10 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--controls", help="controls to report, e.g. CC6.1,CC6.6,CC8.1 (never removes records)"
     )
-    p.add_argument(
-        "--signing-key",
-        help="private key PEM [env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
-    )
+    _add_signing_key(p, "the export")
     p.add_argument("--out", default=".", help="output folder (default: here)")
     p.add_argument(
         "--previous",
@@ -647,19 +652,15 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate",
         help="start a new chain epoch (sentinel_rotation)",
         description="Writes a signed sentinel_rotation meta-event through the outbox; "
-        "the relay restarts the chain from GENESIS at it and records the "
-        "previous head (sequence and hash) and who rotated it. Needs an operator "
+        "the relay chains it after the current head, which it names (sequence and "
+        "hash), and starts a new epoch there. Needs an operator "
         "role (the policy's operator_roles, audit-admin by default).",
     )
     p.add_argument("--reason", required=True, help="why the chain restarts")
     p.add_argument(
         "--actor", required=True, help="identity rotating it (must hold an operator role)"
     )
-    p.add_argument(
-        "--signing-key",
-        help="private key PEM that signs the rotation "
-        "[env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
-    )
+    _add_signing_key(p, "the rotation")
     _add_identities(p)
     _add_backends(p, log=False)
     p.set_defaults(func=cmd_rotate)
@@ -724,11 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--author", required=True, help="identity making the statement (an operator role)"
     )
-    p.add_argument(
-        "--signing-key",
-        help="private key PEM that signs the statement "
-        "[env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
-    )
+    _add_signing_key(p, "the statement")
     _add_identities(p)
     _add_backends(p, log=False)
     p.set_defaults(func=cmd_gap_document)

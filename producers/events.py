@@ -125,3 +125,35 @@ def event_record(
         # the policy class the change was judged under (Production, prod, ... -> production)
         record["environment_class"] = environment_class
     return record
+
+
+def change_record(
+    change: FlagChange,
+    *,
+    chain_id: str,
+    recorded_at: datetime,
+    action: str,
+    controls: list[str],
+    **overrides: Any,
+) -> dict[str, Any]:
+    """``event_record`` of a flag change: its fields as given, unless ``overrides``
+    replaces some (the verified identities, a rejection's meta, the policy class)."""
+    fields: dict[str, Any] = {
+        "actor": change.actor,
+        "approver": change.approver,
+        "role": change.role,
+        "flag_key": change.flag_key,
+        "environment": change.environment,
+        "before": change.before,
+        "after": change.after,
+        "reason": change.reason,
+        "change_ref": change.change_ref,
+    }
+    return event_record(
+        event_id=change.event_id,
+        chain_id=chain_id,
+        recorded_at=recorded_at,
+        action=action,
+        controls=controls,
+        **(fields | overrides),
+    )

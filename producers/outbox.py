@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, event, insert, select
 
 from producers.controls import controls_for_change, controls_for_rejection
 from producers.errors import DuplicateEvent, InvalidChange, PolicyError
-from producers.events import FlagChange, canonical_json, event_record, utc_now
+from producers.events import FlagChange, canonical_json, change_record, event_record, utc_now
 from producers.identity import FileIdentityDirectory, IdentityProvider
 from producers.journal import journal_for
 from producers.policy import Policy, Violation, evaluate, load_policy
@@ -95,8 +95,8 @@ class Outbox:
         if violation is not None:
             self.reject(conn, change, violation)
         now = self.clock()
-        record = event_record(
-            event_id=change.event_id,
+        record = change_record(
+            change,
             chain_id=self.chain_id,
             recorded_at=now,
             action=change.action,
@@ -106,13 +106,6 @@ class Outbox:
             approver=(self.identities.resolve(change.approver) or change.approver)
             if change.approver
             else None,
-            role=change.role,
-            flag_key=change.flag_key,
-            environment=change.environment,
-            before=change.before,
-            after=change.after,
-            reason=change.reason,
-            change_ref=change.change_ref,
             environment_class=env_class.name,
         )
         if not _insert_new(conn, outbox_row(self.chain_id, record, now)):
@@ -162,21 +155,12 @@ class Outbox:
             production = self.policy.class_of(change.environment).requires_approval
         except InvalidChange:  # an operator action has no environment
             production = False
-        record = event_record(
-            event_id=change.event_id,
+        record = change_record(
+            change,
             chain_id=self.chain_id,
             recorded_at=now,
             action="rejected",
             controls=controls_for_rejection(production, change.approver, violation.control),
-            actor=change.actor,
-            approver=change.approver,
-            role=change.role,
-            flag_key=change.flag_key,
-            environment=change.environment,
-            before=change.before,
-            after=change.after,
-            reason=change.reason,
-            change_ref=change.change_ref,
             meta={
                 "attempted_action": attempted_action or change.action,
                 "rule": violation.rule,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from producers import FlagChange, InvalidChange, Outbox
-from producers.events import canonical_json, event_record
+from producers.events import canonical_json, change_record
 from producers.policy import DEFAULT_POLICY, parse_policy
 from producers.validation import DEFAULT_LIMITS, SAFE_INTEGER, Limits
 from relay.canonical import GENESIS, line_parts, seal, strict_record
@@ -280,17 +280,12 @@ def test_accepted_changes_seal_and_read_back_exactly(
     except InvalidChange as exc:
         assert "\n" not in str(exc)
         return
-    record = event_record(
-        event_id=change.event_id,
+    record = change_record(
+        change,
         chain_id="c",
         recorded_at=datetime(2026, 1, 1, tzinfo=UTC),
         action=change.action,
         controls=["CC6.1"],
-        actor=change.actor,
-        flag_key=change.flag_key,
-        before=change.before,
-        after=change.after,
-        reason=change.reason,
     )
     digest, line = seal(record, GENESIS)
     decoded = strict_record(line)

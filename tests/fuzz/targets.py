@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from producers.errors import InvalidChange
-from producers.events import FLAG_ACTIONS, FlagChange, canonical_json, event_record
+from producers.events import FLAG_ACTIONS, FlagChange, canonical_json, change_record
 from relay.canonical import (
     GENESIS,
     MAX_DEPTH,
@@ -523,21 +523,12 @@ def check_change(fields: dict[str, Any]) -> None:
     except Exception as exc:
         known_exception(exc)  # raises unless already reported
         return
-    record = event_record(
-        event_id=change.event_id,
+    record = change_record(
+        change,
         chain_id="flag-audit",
         recorded_at=datetime(2026, 1, 1, tzinfo=UTC),
         action=change.action,
         controls=["CC8.1"],
-        actor=change.actor,
-        approver=change.approver,
-        role=change.role,
-        flag_key=change.flag_key,
-        environment=change.environment,
-        before=change.before,
-        after=change.after,
-        reason=change.reason,
-        change_ref=change.change_ref,
     )
     record["sequence"] = 1
     record["timestamp_utc"] = record["recorded_at"]
