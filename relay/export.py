@@ -234,11 +234,7 @@ def export_window(
     paths.signature.write_bytes(sign_digest(bytes.fromhex(file_sha256), key))
     paths.public_key.write_bytes(public_pem(public_key))
 
-    after_lines = []
-    for entry in audit_log.read(until, None):  # statements are usually written later
-        if '"action":"gap_documented"' in entry.line:
-            scan.finder.note_statement(strict_record(entry.line))
-            after_lines.append(entry.line)
+    after_lines = scan.finder.note_statements_after(audit_log, until)
     facts.gaps = [g.as_dict() for g in scan.finder.result()]
 
     reported = controls or [c for c in CONTROL_ORDER if facts.controls.get(c)]

@@ -162,15 +162,18 @@ class GapFinder:
         if isinstance(meta.get("from"), str) and isinstance(meta.get("to"), str):
             self.statements.append({"event_id": record.get("event_id"), **meta})
 
-    def note_statements_after(self, audit_log: AuditLog, until: str) -> None:
+    def note_statements_after(self, audit_log: AuditLog, until: str) -> list[str]:
         """Gaps are usually documented after they happen: read the statements the log
-        holds from ``until`` on."""
+        holds from ``until`` on; returns the lines read (an export carries them)."""
+        lines = []
         for entry in audit_log.read(until, None):
             if '"action":"gap_documented"' in entry.line:
                 try:
                     self.note_statement(strict_record(entry.line))
                 except LineError:  # an unreadable statement documents nothing
                     continue
+                lines.append(entry.line)
+        return lines
 
     def result(self) -> list[Gap]:
         for gap in self.gaps:

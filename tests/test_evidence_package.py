@@ -659,3 +659,21 @@ def test_a_rotation_may_skip_sequence_numbers_and_the_jump_is_a_gap(
     assert report.ok, render(report)
     kinds = {(g["kind"], g["sequence"]) for g in manifest["undocumented_gaps"]}
     assert {("rotation", 6), ("sequence_jump", 6)} <= kinds
+
+
+def test_an_unreadable_statement_after_the_window_documents_nothing_and_export_goes_on(
+    workdir: Path, rsa_keys: Path
+) -> None:
+    """A gap_documented line after the window that no strict reader accepts (here a NaN,
+    written by someone with access to the log file) must neither crash the export nor
+    document anything: export and verify read the statements after the window alike."""
+    chain = ChainWriter(workdir)
+    chain.add()
+    chain.add()
+    poison = '{"action":"gap_documented","chain_id":"flag-audit","meta":{"from":NaN}}'
+    chain.log.append(
+        [LogEntry(3, "2026-03-04T00:00:00.000000Z", "0" * 64, poison, None)], chain.entries
+    )
+    _, manifest, report = _verify_day(workdir, rsa_keys)
+    assert report.ok, render(report)
+    assert manifest["statements_after_window"] == []
