@@ -68,7 +68,7 @@ def seal(record: Mapping[str, Any], prev_hash: str) -> tuple[str, str]:
 # - lone surrogates, NaN, Infinity, 1e400: orjson refuses to read them -> json path.
 # - nesting: orjson refuses to write more than 254 levels -> json path.
 # - duplicate keys: both keep the last value; hash/prev_hash are popped after that.
-_EXPONENT_OR_TINY = re.compile(rb"[:\[,]-?(?:0\.0000|\d+(?:\.\d+)?e)")
+EXPONENT_OR_TINY = re.compile(rb"[:\[,]-?(?:0\.0000|\d+(?:\.\d+)?e)")
 _NEGATIVE_EXPONENT = re.compile(rb"-(?<=\de-)").search
 
 
@@ -195,7 +195,7 @@ def _float_record(
     # exponents contain e+ or e-, tiny decimals .0000: cheap scans, then the exact regex
     if (
         payload.find(b"+") >= 0 or payload.find(b".0000") >= 0 or _negative_exponent(payload)
-    ) and _EXPONENT_OR_TINY.search(payload):
+    ) and EXPONENT_OR_TINY.search(payload):
         return None
     return prev.encode(), payload, digest.encode(), record
 
@@ -351,7 +351,7 @@ def strict_record(
     return record
 
 
-def _refuse_constant(name: str) -> Any:
+def refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
@@ -359,7 +359,7 @@ def _exact_record(line: bytes | str) -> Any:
     """json.loads, refusing what strict_record refuses; slow, for the rare lines orjson can't."""
     try:
         text = line.decode("utf-8") if isinstance(line, bytes) else line
-        record = json.loads(text, parse_constant=_refuse_constant)
+        record = json.loads(text, parse_constant=refuse_constant)
     except (ValueError, UnicodeError, RecursionError) as exc:
         raise LineError(f"not valid JSON ({exc.__class__.__name__})") from None
     problem = _unreadable(record)

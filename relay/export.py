@@ -25,6 +25,7 @@ from relay.canonical import (
 from relay.gaps import DEFAULT_LAG_THRESHOLD_S
 from relay.logs.base import AuditLog, LogEntry
 from relay.manifest import (
+    REPORTED_META_ACTIONS,
     PackagePaths,
     WindowFacts,
     anchor_of,
@@ -41,7 +42,6 @@ from relay.statements import CheckedGapFinder
 from relay.summary import format_summary
 
 __all__ = ["ExportError", "PackagePaths", "export_window", "window_bounds"]
-META_ACTIONS_REPORTED = ("sentinel_rotation", "gap_documented")
 
 
 class ExportError(EvidenceError):
@@ -71,7 +71,7 @@ def _check_and_note(scan: _Scan, line: bytes) -> None:
                 fast[2].decode(),
                 fast[3],
             )
-            if record.get("action") in META_ACTIONS_REPORTED:
+            if record.get("action") in REPORTED_META_ACTIONS:
                 record = strict_record(payload)
     except LineError as exc:
         raise ExportError(f"log record {number} of the window is unreadable: {exc}") from exc
@@ -124,7 +124,7 @@ def _check_and_note(scan: _Scan, line: bytes) -> None:
     }
     facts.last_timestamp = record["timestamp_utc"]
     facts.controls.update(tags)
-    if action in META_ACTIONS_REPORTED:
+    if action in REPORTED_META_ACTIONS:
         facts.meta_events.append(meta_event(number, record))
     scan.prev = digest
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from producers.errors import ConfigError, EvidenceError
 from producers.events import canonical_json
-from relay.canonical import GENESIS
+from relay.canonical import GENESIS, refuse_constant
 from relay.signing import PUBLIC_KEY_FILE, PrivateKey, sign_digest
 
 MANIFEST_VERSION = 2
@@ -72,6 +72,10 @@ class PackagePaths:
             jsonl.with_name(PUBLIC_KEY_FILE),
             jsonl.with_name(f"{stem}.link.jsonl"),
         )
+
+
+# the meta-events a package reports: verify checks them whole, the manifest lists them
+REPORTED_META_ACTIONS = ("sentinel_rotation", "gap_documented")
 
 
 def window_stem(start: date, end: date, chain_id: str | None = None) -> str:
@@ -221,10 +225,6 @@ def write_signed(
     signature_path.write_bytes(sign_digest(hashlib.sha256(data).digest(), key))
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 # top-level fields verify reads, with their types
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "manifest_version": int,
@@ -244,7 +244,7 @@ def parse_manifest(data: bytes, where: str = "manifest") -> dict[str, Any]:
     """A manifest's bytes → dict, or EvidenceError: canonical JSON, one object,
     the fields verify relies on present with their types."""
     try:
-        manifest = json.loads(data, parse_constant=_refuse_constant)
+        manifest = json.loads(data, parse_constant=refuse_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise EvidenceError(f"{where} is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(manifest, dict):

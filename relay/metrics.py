@@ -27,7 +27,7 @@ from relay.relay import BatchResult, ChainHead, RelayObserver
 from relay.statements import CheckedGapFinder
 from relay.trust import Trust
 
-ACTIONS = FLAG_ACTIONS | META_ACTIONS | {"quarantined"}
+ACTIONS = FLAG_ACTIONS | META_ACTIONS
 ENVIRONMENTS = frozenset({"production", "staging", "development", "test", "sandbox"})
 RULES = frozenset(
     {

@@ -22,7 +22,7 @@ import orjson
 
 from producers.controls import controls_for_meta
 from producers.events import canonical_json, event_record
-from relay.canonical import LineError, ascii_escape, strict_record
+from relay.canonical import EXPONENT_OR_TINY, LineError, ascii_escape, strict_record
 from relay.outbox.base import OutboxRow
 
 RELAY_ACTOR = "flagtrail-relay"
@@ -34,7 +34,6 @@ _EVENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TEXT_FIELDS = ("actor", "role", "flag_key", "environment", "reason", "change_ref")
 # the two float shapes where orjson and json differ (see relay.canonical.fast_parts)
 _ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
-_FLOAT_NOT_LIKE_JSON = re.compile(rb"[:\[,]-?(?:\d+(?:\.\d+)?e[-+]|0\.0000)")
 
 
 class Unsealable(Exception):
@@ -166,8 +165,7 @@ def _canonical_by(raw: bytes, record: dict[str, Any]) -> str | None:
     if not raw.isascii() or b"\x7f" in raw:
         return None  # canonical JSON is ASCII and escapes DEL (ensure_ascii)
     if not (
-        (b"0e-" in raw.translate(_ZERO_DIGITS) or b"0.0000" in raw)
-        and _FLOAT_NOT_LIKE_JSON.search(raw)
+        (b"0e-" in raw.translate(_ZERO_DIGITS) or b"0.0000" in raw) and EXPONENT_OR_TINY.search(raw)
     ):
         try:
             if orjson_canonical(record) == raw:

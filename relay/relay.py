@@ -33,6 +33,7 @@ from relay.canonical import (
     seal,
     strict_record,
 )
+from relay.gaps import DEFAULT_CLOCK_SKEW_TOLERANCE_S
 from relay.lease import Lease
 from relay.logs.base import AuditLog, ChainConflict, LogEntry
 from relay.outbox.base import Backlog, Checkpoint, OutboxPosition, OutboxRow, OutboxSource
@@ -48,7 +49,6 @@ from relay.quarantine import (
 
 log = structlog.get_logger("flagtrail.relay")
 
-DEFAULT_CLOCK_SKEW_TOLERANCE_S = 5.0
 _HEX64 = re.compile(r"[0-9a-f]{64}")  # a forged hash column must not reach a line's framing
 
 

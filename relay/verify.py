@@ -46,6 +46,7 @@ from relay.canonical import (
 from relay.gaps import DEFAULT_LAG_THRESHOLD_S
 from relay.manifest import (
     NOT_DERIVED,
+    REPORTED_META_ACTIONS,
     PackagePaths,
     WindowFacts,
     anchor_of,
@@ -64,9 +65,8 @@ from relay.summary import format_summary
 from relay.trust import Trust
 
 PARALLEL_THRESHOLD_BYTES = 8 * 1024 * 1024
-META_ACTIONS = ("sentinel_rotation", "gap_documented")
 # records the gap analysis reads whole: they open or document gaps by themselves
-WHOLE_ACTIONS = (*META_ACTIONS, "quarantined")
+WHOLE_ACTIONS = (*REPORTED_META_ACTIONS, "quarantined")
 # what the gap analysis reads from an ordinary record (meta-events travel whole)
 GAP_FIELDS = ("action", "sequence", "timestamp_utc", "recorded_at", "relayed_at", "event_id")
 _GENESIS_BYTES = GENESIS.encode()
@@ -270,7 +270,7 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
                 record = decoded if parts is not None else strict_record(payload)
                 get = record.get  # bound once: this block reads eight fields a record
                 action = get("action")
-                if action in META_ACTIONS and parts is not None:
+                if action in REPORTED_META_ACTIONS and parts is not None:
                     record = strict_record(payload)
                     get = record.get
             except (LineError, ValueError, AttributeError) as exc:
@@ -328,7 +328,7 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
                     return result
                 seen = 0
             combos[key] = seen + 1
-            if action in META_ACTIONS:
+            if action in REPORTED_META_ACTIONS:
                 meta.append((number, record))
                 if action == "sentinel_rotation":
                     result.rotations.append(number)
