@@ -12,6 +12,7 @@ documented when such a statement's time range covers it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from producers.events import parse_timestamp
@@ -35,15 +36,15 @@ class Gap:
         return asdict(self)
 
 
-def _text(record: dict[str, Any], name: str) -> str:
+def _moment(record: dict[str, Any], name: str) -> datetime:
+    """A record's timestamp field, parsed once (the checks below compare moments)."""
     value = record.get(name)
     if not isinstance(value, str):
         raise LineError(f"field {name!r} is missing or not a string")
     try:
-        parse_timestamp(value)
+        return parse_timestamp(value)
     except ValueError:
         raise LineError(f"field {name!r} is not a timestamp") from None
-    return value
 
 
 @dataclass
@@ -68,10 +69,9 @@ class GapFinder:
         action, sequence = record.get("action"), record.get("sequence")
         if not isinstance(sequence, int) or isinstance(sequence, bool):
             raise LineError("field 'sequence' is missing or not an integer")
-        stamp = _text(record, "timestamp_utc")
-        _text(record, "recorded_at")
-        if record.get("relayed_at") is not None:
-            _text(record, "relayed_at")
+        stamp, stamp_at = record.get("timestamp_utc"), _moment(record, "timestamp_utc")
+        recorded_at = _moment(record, "recorded_at")
+        relayed_at = None if record.get("relayed_at") is None else _moment(record, "relayed_at")
         previous = self._previous
         if action == "gap_documented":
             self.note_statement(record)
@@ -100,7 +100,7 @@ class GapFinder:
                         sequence,
                     )
                 )
-            silence = _seconds(previous["timestamp_utc"], stamp)
+            silence = (stamp_at - previous["at"]).total_seconds()
             if self.silence_threshold_s is not None and silence > self.silence_threshold_s:
                 self.gaps.append(
                     Gap(
@@ -111,16 +111,20 @@ class GapFinder:
                         sequence,
                     )
                 )
-        self._note_delay(record, sequence)
-        self._note_skew(record, sequence, stamp)
-        self._previous = {"sequence": sequence, "timestamp_utc": stamp}
+        if relayed_at is not None:
+            self._note_delay(record, sequence, (relayed_at - recorded_at).total_seconds())
+        self._note_skew(
+            record,
+            sequence,
+            stamp,
+            0.0 if relayed_at is None else (recorded_at - relayed_at).total_seconds(),
+        )
+        self._previous = {"sequence": sequence, "timestamp_utc": stamp, "at": stamp_at}
 
-    def _note_skew(self, record: dict[str, Any], sequence: int, stamp: str) -> None:
+    def _note_skew(self, record: dict[str, Any], sequence: int, stamp: str, ahead: float) -> None:
         """A producer clock ahead of the relay's (recorded_at after relayed_at): the
         relay bounded the stamp, but the producer's host needs its clock fixed.
         Consecutive skewed events make one finding."""
-        relayed_at = record.get("relayed_at")
-        ahead = _seconds(relayed_at, record["recorded_at"]) if isinstance(relayed_at, str) else 0
         if ahead <= self.clock_skew_tolerance_s:
             self._skew = None
             return
@@ -135,11 +139,9 @@ class GapFinder:
             f"{record['recorded_at']}"
         )
 
-    def _note_delay(self, record: dict[str, Any], sequence: int) -> None:
-        relayed_at = record.get("relayed_at")
-        if not relayed_at:
-            return
-        if _seconds(record["recorded_at"], relayed_at) <= self.lag_threshold_s:
+    def _note_delay(self, record: dict[str, Any], sequence: int, lag: float) -> None:
+        relayed_at = record["relayed_at"]
+        if lag <= self.lag_threshold_s:
             self._outage = None
             return
         outage = self._outage
@@ -203,7 +205,3 @@ def _rotation_gap(record: dict[str, Any], sequence: int, stamp: str) -> Gap:
     return Gap(
         "rotation", stamp, stamp, detail, sequence, record.get("event_id") if signed else None
     )
-
-
-def _seconds(earlier: str, later: str) -> float:
-    return (parse_timestamp(later) - parse_timestamp(earlier)).total_seconds()
