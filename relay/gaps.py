@@ -159,6 +159,13 @@ class GapFinder:
         )
         self.gaps.append(self._outage)
 
+    def restart_from(self, record: dict[str, Any]) -> None:
+        """Resume the analysis at ``record``, the last of a run of records left out
+        because they could not open or change a gap (verify's shortcut): nothing
+        before it is compared with it."""
+        self._previous = None
+        self.add(record)
+
     def note_statement(self, record: dict[str, Any]) -> None:
         meta = record.get("meta") or {}
         if isinstance(meta.get("from"), str) and isinstance(meta.get("to"), str):

@@ -137,14 +137,6 @@ class CheckedGapFinder(GapFinder):
             if gap.kind == "rotation":
                 gap.documented_by = record.get("event_id") if signed else None
 
-    def restart_from(self, record: dict[str, Any]) -> None:
-        """Resume the analysis at ``record``, the last of a run of ordinary on-time
-        records that were left out (verify's shortcut): nothing before it is compared."""
-        if not hasattr(self, "_previous"):  # relies on GapFinder's one piece of state
-            raise RuntimeError("GapFinder changed: CheckedGapFinder.restart_from needs updating")
-        self._previous = None
-        self.add(record)
-
     def note_statement(self, record: dict[str, Any]) -> None:
         if statement_signed(record, self.keys):
             meta, stamp = record["meta"], record.get("timestamp_utc")
