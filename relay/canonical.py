@@ -265,10 +265,12 @@ def split_lines(data: bytes) -> list[bytes]:
 
 
 def line_parts(line: bytes) -> tuple[str, bytes, str]:
-    """(prev_hash, payload, hash) of a line exactly as the seed's verifier derives them."""
-    line = line.rstrip(b"\n")
-    if line.endswith(b"\r"):  # \r\n: one line for the seed
-        line = line[:-1]
+    """(prev_hash, payload, hash) of a line exactly as the seed's verifier derives them.
+
+    Any run of line ends after the object is dropped (blank lines are the file
+    reader's business, ``split_lines``); a CR left inside is refused by seed_parts.
+    """
+    line = line.rstrip(b"\r\n")
     if b"\r" not in line:
         fast = fast_parts(line)
         if fast is not None:

@@ -116,6 +116,7 @@ def run_atheris(
     seeds: Path,
     corpus_root: Path,
     out: Path,
+    seed: int = 0,
 ) -> Result:
     """One libFuzzer process for ``seconds``; killed (a failure) past ``limit``."""
     corpus = corpus_root / target  # new inputs land here; seeds stay as they are
@@ -132,6 +133,7 @@ def run_atheris(
         str(package),
         str(key),
         f"-max_total_time={seconds}",
+        f"-seed={seed}",  # 0: libFuzzer picks one (and prints it)
         f"-max_len={MAX_LEN.get(target, 4096)}",
         "-timeout=20",
         "-rss_limit_mb=4096",
@@ -184,9 +186,10 @@ def _cause(log: str) -> str:
     return found[-1] if found else "the fuzzer exited with an error"
 
 
-def run_hypothesis(target: str, seconds: int, seeds: Path, out: Path) -> Result:
+def run_hypothesis(target: str, seconds: int, seeds: Path, out: Path, seed: int = 0) -> Result:
     """The same target driven by Hypothesis: seeds mutated byte-wise, and fresh bytes."""
     from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hypothesis_seed
     from hypothesis import strategies as st
 
     from tests.fuzz.known import hits
@@ -241,9 +244,12 @@ def run_hypothesis(target: str, seconds: int, seeds: Path, out: Path) -> Result:
 
     started = time.monotonic()
     result = Result(target, "hypothesis", 0.0, 0)
+    rounds = 0
     while time.monotonic() - started < seconds:
+        rounds += 1
         try:
-            fuzz()
+            # a fixed seed makes each round, and so the whole run, repeatable
+            (hypothesis_seed(seed * 1_000_003 + rounds)(fuzz) if seed else fuzz)()
         except Exception as exc:
             result.crash = f"{exc!r:.300} (input: {out / target / 'crash-hypothesis'})"
             break
@@ -262,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=["auto", "atheris", "hypothesis"], default="auto")
     parser.add_argument("--out", default=str(REPO / "fuzz-artifacts"), help="crash inputs")
     parser.add_argument("--corpus", help="keep the inputs found here (default: thrown away)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=int(os.environ.get("FLAGTRAIL_FUZZ_SEED", "0")),
+        help="fixed random seed, so a gate run explores the same inputs every time "
+        "(env FLAGTRAIL_FUZZ_SEED; 0, the default: a new seed each run)",
+    )
     parser.add_argument(
         "--save-seeds", action="store_true", help="write fresh seeds to tests/fuzz/corpus, exit"
     )
@@ -297,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.copy(seed, SEEDS / name / seed.name.replace("fresh", "export"))
             print(f"fuzz: seeds written to {SEEDS}")
             return 0
-        print(f"fuzz: {engine}, {len(names)} targets x {each} s (budget {args.seconds} s)")
+        seed_note = f", seed {args.seed}" if args.seed else ", random seed"
+        print(
+            f"fuzz: {engine}, {len(names)} targets x {each} s (budget {args.seconds} s{seed_note})"
+        )
         corpus = Path(args.corpus) if args.corpus else work / "corpus"
         if engine == "hypothesis":
             from tests.fuzz.targets import use_package
@@ -308,9 +324,11 @@ def main(argv: list[str] | None = None) -> int:
                 # whatever the earlier targets took, the whole run ends by the deadline
                 left = deadline - time.monotonic()
                 seconds = max(1, min(each, int(left / (len(names) - n)) - 4))
-                result = run_atheris(name, seconds, left, package, key, seeds[name], corpus, out)
+                result = run_atheris(
+                    name, seconds, left, package, key, seeds[name], corpus, out, args.seed
+                )
             else:
-                result = run_hypothesis(name, each, seeds[name], out)
+                result = run_hypothesis(name, each, seeds[name], out, args.seed)
             results.append(result)
             status = "CRASH " + result.crash if result.crash else "ok"
             print(

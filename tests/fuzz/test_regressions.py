@@ -104,6 +104,8 @@ def _export_with_manifest(p: Package) -> bytes:
 LINE_CASES = [
     Case("export-lines-hold", "line_decoder", lambda p: p.lines()[0]),
     Case("crlf-line", "line_decoder", lambda p: p.lines()[-1] + b"\r\n"),
+    Case("line-ends-crlf-cr", "line_decoder", lambda p: p.lines()[-1] + b"\r\n\r"),
+    Case("line-ends-lf-cr-lf", "line_decoder", lambda p: p.lines()[-1] + b"\n\r\n"),
     Case("other-layout", "line_decoder", lambda p: json.dumps(json.loads(p.lines()[1])).encode()),
     Case("line-non-utf8-prev-hash", "line_decoder", _with_prev_hash_byte,
          "fast_parts-unchecked-hash", targets.Crash),

@@ -40,9 +40,12 @@ def test_a_crash_fails_the_run_and_keeps_the_input(engine: str, tmp_path: Path) 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_clean_run_says_what_ran_and_for_how_long(engine: str, tmp_path: Path) -> None:
-    done = run(tmp_path, "--engine", engine, "--seconds", "10", "--targets", "line_decoder")
+    done = run(
+        tmp_path, "--engine", engine, "--seconds", "10", "--targets", "line_decoder", "--seed", "1"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     line = re.search(r"fuzz: line_decoder +(\w+) +([\d.]+) s +([\d,]+) executions +ok", done.stdout)
     assert line, done.stdout
     assert line[1] == engine and float(line[2]) >= 4 and int(line[3].replace(",", "")) > 100
     assert re.search(r"fuzz: ok: [\d,]+ executions in \d+ s", done.stdout)
+    assert "seed 1)" in done.stdout
