@@ -754,6 +754,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace an existing key pair")
     p.set_defaults(func=cmd_keygen)
+
+    from flagtrail.commands import register_all
+
+    register_all(sub)
     return parser
 
 
