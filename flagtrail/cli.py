@@ -399,6 +399,7 @@ def cmd_gap_scan(args: argparse.Namespace) -> int:
             "or AUDIT_SIGNING_KEY_PATH)"
         )
         finder = GapFinder(args.lag_threshold, silence, args.clock_skew_tolerance)
+    finder.check_state = True  # the scan reads every record: state continuity holds
     unreadable = []  # a bad line is reported and the scan goes on: it must not hide gaps
     with open_log(
         settings.log_url(args.log_url), settings.chain_id(args.chain), read_only=True

@@ -3,8 +3,10 @@
 A gap is evidence that may be late or missing: a relay outage (events that
 reached the log long after they were recorded), a silence (no events for
 longer than expected), a sequence jump, an automatic or unsigned sentinel
-rotation, a producer clock running ahead of the relay's (clock_skew), or an
-outbox row the relay could not seal (quarantined). An operator
+rotation, a producer clock running ahead of the relay's (clock_skew), an
+outbox row the relay could not seal (quarantined), or, when asked
+(``check_state``), a flag change whose ``before`` is not what the previous
+change left (state_break: a change made outside flagtrail). An operator
 documents a gap with a signed ``gap_documented`` meta-event; a gap counts as
 documented when such a statement's time range covers it.
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 from producers.events import parse_timestamp
 from relay.canonical import LineError, strict_record
+from relay.continuity import ContinuityChecker
 from relay.logs.base import AuditLog
 
 DEFAULT_LAG_THRESHOLD_S = 300.0
@@ -26,6 +29,7 @@ DEFAULT_CLOCK_SKEW_TOLERANCE_S = 5.0
 @dataclass
 class Gap:
     kind: str  # relay_outage | silence | sequence_jump | rotation | clock_skew | quarantined
+    # | state_break
     start: str
     end: str
     detail: str
@@ -58,17 +62,26 @@ class GapFinder:
     lag_threshold_s: float = DEFAULT_LAG_THRESHOLD_S
     silence_threshold_s: float | None = None
     clock_skew_tolerance_s: float = DEFAULT_CLOCK_SKEW_TOLERANCE_S
+    # state continuity needs every change: off where a caller feeds a subset (verify)
+    # and where the manifest's gaps are derived (export and verify must agree)
+    check_state: bool = False
     gaps: list[Gap] = field(default_factory=list)
     statements: list[dict[str, Any]] = field(default_factory=list)
     _previous: dict[str, Any] | None = None
     _outage: Gap | None = None
     _skew: Gap | None = None
     _skewed: int = 0
+    _continuity: ContinuityChecker = field(default_factory=ContinuityChecker)
 
     def add(self, record: dict[str, Any]) -> None:
         action, sequence = record.get("action"), record.get("sequence")
         if not isinstance(sequence, int) or isinstance(sequence, bool):
             raise LineError("field 'sequence' is missing or not an integer")
+        if self.check_state:
+            found = self._continuity.add(record)
+            if found is not None:
+                stamp = str(record.get("timestamp_utc"))
+                self.gaps.append(Gap("state_break", stamp, stamp, found.describe(), sequence))
         stamp, stamp_at = record.get("timestamp_utc"), _moment(record, "timestamp_utc")
         recorded_at = _moment(record, "recorded_at")
         relayed_at = None if record.get("relayed_at") is None else _moment(record, "relayed_at")
