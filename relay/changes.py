@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,12 +70,16 @@ class ChangeListing:
     breaks: list[StateBreak] = field(default_factory=list)
     other: Counter[str] = field(default_factory=Counter)  # meta-events by action
     meta_events: list[dict[str, Any]] = field(default_factory=list)  # rotations, statements
+    # per control: how many changes, blocked attempts and meta-events carry it
+    controls: dict[str, Counter[str]] = field(default_factory=dict)
     first_timestamp: str | None = None
     last_timestamp: str | None = None
 
 
 def change_row(record: dict[str, Any]) -> dict[str, Any]:
-    return {name: record.get(name) for name in CHANGE_COLUMNS}
+    row = {name: record.get(name) for name in CHANGE_COLUMNS}
+    row["environment_class"] = record.get("environment_class")  # the policy's judgement
+    return row
 
 
 def blocked_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -113,9 +118,14 @@ def read_records(path: Path) -> list[bytes]:
         raise ConfigError(f"cannot read export {path}: {exc.strerror}") from None
 
 
-def list_changes(path: Path, environment: str | None = None) -> ChangeListing:
+def list_changes(
+    path: Path,
+    environment: str | None = None,
+    observe: Callable[[dict[str, Any]], None] | None = None,
+) -> ChangeListing:
     """Every change, blocked attempt and continuity break in an export (``environment``
-    narrows the listing; continuity is judged on every change, then narrowed too)."""
+    narrows the listing; continuity is judged on every change, then narrowed too).
+    ``observe`` sees every record, in order (the report's charts read them once too)."""
     listing = ChangeListing()
     checker = ContinuityChecker()
     for number, line in enumerate(read_records(path), 1):
@@ -129,11 +139,16 @@ def list_changes(path: Path, environment: str | None = None) -> ChangeListing:
             listing.first_timestamp = listing.first_timestamp or stamp
             listing.last_timestamp = stamp
         action = record.get("action")
+        if observe is not None:
+            observe(record)
         found = checker.add(record)
         if not in_environment(record, environment) and action in (*FLAG_ACTIONS, "rejected"):
             continue
         if found is not None:
             listing.breaks.append(found)
+        kind = "change" if action in FLAG_ACTIONS else "blocked" if action == "rejected" else "meta"
+        for control in record.get("soc2_controls") or ():
+            listing.controls.setdefault(control, Counter())[kind] += 1
         if action in FLAG_ACTIONS:
             listing.changes.append(change_row(record))
         elif action == "rejected":

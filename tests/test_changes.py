@@ -309,6 +309,7 @@ def test_changes_lists_every_field_and_blocked_attempts_apart(
         "change_ref",
         "sequence",
         "hash",
+        "environment_class",
     }
     assert (first["actor"], first["approver"], first["before"], first["after"]) == (
         "alice@example.com",
