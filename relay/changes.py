@@ -122,13 +122,16 @@ def list_changes(
     path: Path,
     environment: str | None = None,
     observe: Callable[[dict[str, Any]], None] | None = None,
+    data: bytes | None = None,
 ) -> ChangeListing:
     """Every change, blocked attempt and continuity break in an export (``environment``
     narrows the listing; continuity is judged on every change, then narrowed too).
-    ``observe`` sees every record, in order (the report's charts read them once too)."""
+    ``observe`` sees every record, in order (the report's charts read them once too);
+    ``data``: the file's bytes when the caller already read them (the ones it verified)."""
     listing = ChangeListing()
     checker = ContinuityChecker()
-    for number, line in enumerate(read_records(path), 1):
+    lines = read_records(path) if data is None else split_lines(data)
+    for number, line in enumerate(lines, 1):
         try:
             record = strict_record(line)
         except LineError as exc:

@@ -97,24 +97,49 @@ class Report:
         return self.verification is not None and self.verification.ok
 
 
+def _read_package(path: Path) -> tuple[bytes, bytes | None]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"export {path} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read export {path}: {exc.strerror}") from None
+    try:
+        return data, PackagePaths.beside(path).manifest.read_bytes()
+    except OSError:
+        return data, None
+
+
 def build_report(path: Path, trust: Trust) -> Report:
     """Verify the package and read what the report shows; a package that fails
-    verification still gets a report (that says so)."""
+    verification still gets a report (that says so).
+
+    The page shows the bytes read before verification; when the files on disk differ
+    afterwards (swapped while verify ran), the verification does not vouch for them."""
+    data, manifest_data = _read_package(path)
     verification, verify_error = None, None
     try:
         verification = verify_export(path, trust=trust)
     except EvidenceError as exc:  # ConfigError (the user's mistake) propagates
         verify_error = str(exc)
+    if _read_package(path) != (data, manifest_data):
+        verification, verify_error = (
+            None,
+            (
+                f"{path.name} or its manifest changed while it was being verified: run the "
+                "report again on files nobody is writing"
+            ),
+        )
     lags = LagSeries()
     listing, listing_error = None, None
     try:
-        listing = list_changes(path, observe=lags)
+        listing = list_changes(path, observe=lags, data=data)
     except EvidenceError as exc:
         listing_error = str(exc)
     manifest = None
-    with contextlib.suppress(OSError, EvidenceError):  # the status already says what failed
-        manifest = parse_manifest(PackagePaths.beside(path).manifest.read_bytes())
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if manifest_data is not None:
+        with contextlib.suppress(EvidenceError):  # the status already says what failed
+            manifest = parse_manifest(manifest_data)
     return Report(
         path,
         verification,
@@ -123,7 +148,7 @@ def build_report(path: Path, trust: Trust) -> Report:
         listing_error,
         manifest,
         lags,
-        digest,
+        hashlib.sha256(data).hexdigest(),
         trust.sources,
     )
 
@@ -401,11 +426,22 @@ def _controls(listing: ChangeListing) -> str:
     return _table(columns, rows, set())
 
 
+def _dicts(container: Any, name: str) -> list[dict[str, Any]]:
+    """The objects listed under ``name``: an unverified manifest may hold anything there."""
+    value = container.get(name) if isinstance(container, dict) else None
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _meta(item: dict[str, Any], *names: str) -> dict[str, Any]:
+    details = item.get("details")
+    return {n: details.get(n) if isinstance(details, dict) else None for n in names}
+
+
 def _gaps(manifest: dict[str, Any] | None, verified: bool) -> str:
     if manifest is None:
         return "<p class='finding'>No readable manifest: rotations and gaps are unknown.</p>"
     note = "" if verified else "<p class='finding'>UNVERIFIED: the package did not verify.</p>"
-    gaps = [*manifest.get("undocumented_gaps", []), *manifest.get("documented_gaps", [])]
+    gaps = [*_dicts(manifest, "undocumented_gaps"), *_dicts(manifest, "documented_gaps")]
     gap_rows = [
         {
             "kind": g.get("kind"),
@@ -416,30 +452,24 @@ def _gaps(manifest: dict[str, Any] | None, verified: bool) -> str:
             "documented by": g.get("documented_by") or "UNDOCUMENTED",
         }
         for g in gaps
-        if isinstance(g, dict)
     ]
     statements = [
         {
             "sequence": s.get("sequence"),
             "time": s.get("timestamp_utc"),
             "event_id": s.get("event_id"),
-            **{k: (s.get("details") or {}).get(k) for k in ("from", "to", "reason", "author")},
+            **_meta(s, "from", "to", "reason", "author"),
         }
-        for s in manifest.get("gap_statements", [])
-        if isinstance(s, dict)
+        for s in _dicts(manifest, "gap_statements")
     ]
     rotations = [
         {
             "sequence": r.get("sequence"),
             "time": r.get("timestamp_utc"),
             "event_id": r.get("event_id"),
-            **{
-                k: (r.get("details") or {}).get(k)
-                for k in ("reason", "rotated_by", "automatic", "previous_sequence", "previous_hash")
-            },
+            **_meta(r, "reason", "rotated_by", "automatic", "previous_sequence", "previous_hash"),
         }
-        for r in manifest.get("rotations", [])
-        if isinstance(r, dict)
+        for r in _dicts(manifest, "rotations")
     ]
     return (
         note
@@ -534,10 +564,7 @@ def render_html(report: Report) -> str:
             "sealing it (relayed_at, else timestamp_utc, minus recorded_at); gaps shaded.</p>",
             lag_svg(
                 report.lags,
-                [
-                    *manifest.get("undocumented_gaps", []),
-                    *manifest.get("documented_gaps", []),
-                ],
+                [*_dicts(manifest, "undocumented_gaps"), *_dicts(manifest, "documented_gaps")],
                 window.get("from_utc") or listing.first_timestamp or "",
                 window.get("until_utc") or listing.last_timestamp or "",
             ),

@@ -318,3 +318,57 @@ def test_the_pdf_prints_through_chromium(package: Package, tmp_path: Path, chrom
     assert result.returncode == 0, result.stderr
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF-") and len(data) > 10_000
+
+
+def test_trusted_keys_from_the_environment_are_honoured(package: Package, tmp_path: Path) -> None:
+    from relay.signing import fingerprint, load_public_key
+
+    trusted = tmp_path / "trusted.txt"
+    trusted.write_text(f"{fingerprint(load_public_key(package.public_key))} registered key\n")
+    out = tmp_path / "r.html"
+    result = report(package.jsonl, out, env={"FLAGTRAIL_TRUSTED_KEYS": str(trusted)})
+    assert result.returncode == 0, result.stderr
+    assert "FLAGTRAIL_TRUSTED_KEYS=" in out.read_text()
+
+
+def test_a_rewritten_manifest_with_odd_types_is_shown_as_unverified(
+    package: Package, tmp_path: Path
+) -> None:
+    import json
+
+    from relay.manifest import manifest_bytes
+
+    jsonl = copy_package(package, tmp_path)
+    manifest_path = PackagePaths.beside(jsonl).manifest
+    manifest = json.loads(manifest_path.read_bytes())
+    manifest["rotations"] = "<b>rotated</b>"
+    manifest["documented_gaps"] = 5
+    manifest["undocumented_gaps"] = [{"kind": SCRIPT, "start": 1, "end": None}, "x"]
+    manifest["gap_statements"] = [{"details": ["not", "an", "object"]}]
+    manifest_path.write_bytes(manifest_bytes(manifest))  # canonical, but not signed so
+    out = tmp_path / "r.html"
+    result = report(jsonl, out, "--pubkey", str(package.public_key))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    page = out.read_text()
+    assert "UNVERIFIED" in page and 'class="banner fail"' in page
+    assert "<script" not in page.lower() and "&lt;script&gt;" in page
+
+
+def test_files_swapped_while_verify_runs_are_not_vouched_for(
+    package: Package, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import relay.report
+    from relay.trust import Trust
+
+    jsonl = copy_package(package, tmp_path)
+    real_verify = relay.report.verify_export
+
+    def verify_then_swap(*args: Any, **kwargs: Any) -> Any:
+        outcome = real_verify(*args, **kwargs)  # the real verifier, on the real package
+        jsonl.write_bytes(jsonl.read_bytes().replace(b'"CHG-5"', b'"CHG-9"'))  # the attacker
+        return outcome
+
+    monkeypatch.setattr(relay.report, "verify_export", verify_then_swap)
+    built = relay.report.build_report(jsonl, Trust.load([package.public_key]))
+    assert not built.verified and built.exit_code == 1
+    assert "changed while it was being verified" in str(built.verify_error)
