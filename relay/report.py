@@ -379,6 +379,8 @@ def _status(report: Report) -> str:
     else:
         if v.ok:
             banner = f"VERIFIED: chain intact, {v.records} records, signed by a trusted key"
+            if v.findings:
+                banner += f"; {len(v.findings)} finding(s) below an auditor must read"
         elif v.finding is not None:
             banner = f"VERIFICATION FAILED: {v.finding}"
         else:

@@ -372,3 +372,64 @@ def test_files_swapped_while_verify_runs_are_not_vouched_for(
     built = relay.report.build_report(jsonl, Trust.load([package.public_key]))
     assert not built.verified and built.exit_code == 1
     assert "changed while it was being verified" in str(built.verify_error)
+
+
+def test_gaps_rotations_and_statements_are_shown_with_the_charts(
+    workdir: Path, rsa_keys: Path
+) -> None:
+    """Weeks of records with a relay outage (documented by a signed statement), a late run
+    nobody documented, and a signed operator rotation, written to a real SQLite log."""
+    from datetime import date, timedelta
+
+    from producers.events import format_timestamp
+    from tests.test_evidence_package import ROTATION_FIELDS, ChainWriter, signed
+
+    chain = ChainWriter(workdir)
+    for week in range(3):
+        for _ in range(week + 2):
+            chain.add()
+        chain.now += timedelta(days=7)
+    outage_from = chain.now
+    for _ in range(3):  # recorded, then sealed 40 minutes later: the relay was down
+        chain.add(relayed_at=format_timestamp(outage_from + timedelta(minutes=40)))
+    statement = {
+        "from": format_timestamp(outage_from),
+        "to": format_timestamp(outage_from + timedelta(hours=1)),
+        "reason": "relay host rebooted for a kernel patch",
+        "author": "bob@example.com",
+        "stated_at": format_timestamp(outage_from + timedelta(hours=2)),
+        "chain_id": "flag-audit",
+    }
+    chain.now += timedelta(hours=2)
+    chain.add("gap_documented", signed(statement, list(statement), rsa_keys))
+    chain.add("sentinel_rotation", signed(chain.rotation_meta(), ROTATION_FIELDS, rsa_keys))
+    chain.now += timedelta(days=1)
+    late_from = chain.now
+    chain.add(relayed_at=format_timestamp(late_from + timedelta(hours=3)))  # never explained
+    with open_log(f"sqlite:///{workdir / 'log.db'}") as audit_log:
+        paths, manifest = export_window(
+            audit_log,
+            date(2026, 3, 2),
+            date(2026, 3, 31),
+            workdir / "out",
+            rsa_keys / "audit-private.pem",
+        )
+    assert len(manifest["undocumented_gaps"]) == 1 and len(manifest["documented_gaps"]) == 2
+    out = workdir / "r.html"
+    result = report(paths.jsonl, out, "--pubkey", str(rsa_keys / "audit-public.pem"))
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert "relay host rebooted for a kernel patch" in page  # the statement
+    assert "annual key ceremony" in page  # the rotation
+    assert page.count("<td>relay_outage</td>") == 2
+    assert "UNDOCUMENTED" in page
+    assert "<title>relay_outage" in page  # shaded on the lag chart
+    # changes per week: every week from the first to the last, quiet ones included
+    weeks = re.findall(r"<title>week of (\S+): (\d+) change</title>", page)
+    assert weeks == [
+        ("2026-03-02", "2"),
+        ("2026-03-09", "3"),
+        ("2026-03-16", "4"),
+        ("2026-03-23", "4"),
+    ]
+    assert "1 finding(s) below" in page  # verified, and still something to read
