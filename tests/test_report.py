@@ -433,3 +433,12 @@ def test_gaps_rotations_and_statements_are_shown_with_the_charts(
         ("2026-03-23", "4"),
     ]
     assert "1 finding(s) below" in page  # verified, and still something to read
+
+
+def test_the_report_never_overwrites_the_evidence(package: Package, tmp_path: Path) -> None:
+    jsonl = copy_package(package, tmp_path)
+    before = jsonl.read_bytes()
+    for target in (jsonl, PackagePaths.beside(jsonl).manifest):
+        result = report(jsonl, target, "--pubkey", str(package.public_key))
+        assert result.returncode == 2 and "a file of the evidence package" in result.stderr
+    assert jsonl.read_bytes() == before

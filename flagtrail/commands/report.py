@@ -8,17 +8,23 @@ from pathlib import Path
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from producers.errors import ConfigError
+    from relay.manifest import PackagePaths
     from relay.report import build_report, render_html, write_pdf
     from relay.trust import Trust
 
+    evidence, out = Path(args.file), Path(args.out)
+    package = {p.resolve() for p in vars(PackagePaths.beside(evidence)).values()}
+    for target in (out, Path(args.pdf) if args.pdf else None):
+        if target is not None and target.resolve() in package:
+            raise ConfigError(
+                f"{target} is a file of the evidence package: write the report elsewhere"
+            )
     trust = Trust.from_environment([Path(p) for p in args.pubkey], args.key_fingerprint)
-    report = build_report(Path(args.file), trust)
-    out = Path(args.out)
+    report = build_report(evidence, trust)
     try:
         out.write_text(render_html(report), encoding="utf-8")
     except OSError as exc:
-        from producers.errors import ConfigError
-
         raise ConfigError(f"cannot write {out}: {exc.strerror}") from None
     print(f"report: {out}")
     if not report.verified:
