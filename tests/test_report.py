@@ -211,7 +211,7 @@ def test_a_tampered_package_is_reported_in_red_and_exits_1(
     out = tmp_path / "r.html"
     result = report(jsonl, out, "--pubkey", str(package.public_key))
     assert result.returncode == 1
-    assert "VERIFICATION FAILED" in result.stderr and "Traceback" not in result.stderr
+    assert "VERIFICATION FAILED" in result.stdout and "Traceback" not in result.stderr
     page = out.read_text()
     assert 'class="banner fail"' in page and "VERIFICATION FAILED" in page
     assert "VERIFIED: chain intact" not in page

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -33,9 +32,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
         print(
             f"VERIFICATION FAILED: {reason or 'signed by a key that is not trusted'} "
-            "(the report says so in red)",
-            file=sys.stderr,
-        )
+            "(the report says so in red)"
+        )  # a verdict on the evidence, as verify prints it: not an error of the command
     if args.pdf:
         write_pdf(out, Path(args.pdf))
         print(f"pdf   : {args.pdf}")
