@@ -19,6 +19,7 @@ from producers.policy import (
     load_policy,
     parse_policy,
 )
+from producers.pseudonyms import pseudonym
 from relay.outbox import open_outbox_source
 from tests.conftest import run_cli
 
@@ -256,7 +257,9 @@ def test_outbox_maps_cc8_1_by_class_and_records_the_verified_identity(
     rows = open_outbox_source(sqlite_engine, outbox.chain_id).fetch_pending(None, 10)
     recorded, rejected = (json.loads(r.payload) for r in rows)  # nothing for prod-us
     assert "CC8.1" in recorded["soc2_controls"] and recorded["environment_class"] == "production"
-    assert recorded["approver"] == "bob@example.com" and recorded["environment"] == "Prod"
+    # the verified identity, stored as its pseudonym on a new chain (producers/privacy.py)
+    bob = pseudonym(outbox.privacy.pseudonym_key.material, "bob@example.com")
+    assert recorded["approver"] == bob and recorded["environment"] == "Prod"
     assert rejected["action"] == "rejected" and "CC8.1" in rejected["soc2_controls"]
     assert rejected["meta"]["message"] == DISTINCT_APPROVER_MESSAGE
 

@@ -13,7 +13,12 @@ from __future__ import annotations
 import argparse
 import importlib
 
-MODULES: tuple[str, ...] = ("changes", "report")
+MODULES: tuple[str, ...] = (
+    "changes",
+    "report",
+    "identity",
+    "retention",
+)
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:
