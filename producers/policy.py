@@ -20,6 +20,7 @@ from pathlib import Path
 from producers.errors import ConfigError, InvalidChange
 from producers.events import FlagChange
 from producers.identity import IdentityProvider, normalize_name
+from producers.oidc.settings import OidcSettings, parse_oidc
 from producers.validation import Limits
 
 DISTINCT_APPROVER_MESSAGE = "SOC2 CC8.1: production flag change requires a distinct approver"
@@ -79,6 +80,7 @@ class Policy:
     default_class: str | None = None
     limits: Limits = field(default_factory=Limits)
     source: str = "the built-in policy"
+    oidc: OidcSettings | None = None  # [oidc]: identities proven by a provider's tokens
 
     def class_of(self, environment: str) -> EnvironmentClass:
         """The environment's class; an undeclared environment is refused (400)."""
@@ -94,7 +96,7 @@ class Policy:
         )
 
 
-_TOP_KEYS = {"operator_roles", "default_class", "classes", "limits"}
+_TOP_KEYS = {"operator_roles", "default_class", "classes", "limits", "oidc"}
 _CLASS_KEYS = {"environments", "change_roles", "approve_roles", "requires_approval"}
 
 
@@ -161,7 +163,8 @@ def parse_policy(text: str, source: str) -> Policy:
         limits = Limits(**limits_data)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"policy {source} [limits]: {exc}") from None
-    return Policy(classes, operator_roles, default_class, limits, f"policy {source}")
+    oidc = parse_oidc(data["oidc"], source) if "oidc" in data else None
+    return Policy(classes, operator_roles, default_class, limits, f"policy {source}", oidc)
 
 
 def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
