@@ -13,7 +13,6 @@ refused. A ``kid`` is only ever a dictionary key here, never part of a path or U
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.error
@@ -48,13 +47,17 @@ def fetch_json(url: str, what: str) -> Any:
         with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_SECONDS) as response:
             body = response.read(MAX_RESPONSE_BYTES + 1)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise BackendUnavailable(f"cannot fetch the identity provider's {what} {url}: {exc}") from None
+        raise BackendUnavailable(
+            f"cannot fetch the identity provider's {what} {url}: {exc}"
+        ) from None
     if len(body) > MAX_RESPONSE_BYTES:
         raise BackendUnavailable(f"the identity provider's {what} {url} is larger than 512 KiB")
     try:
         return strict_loads(body)
     except StrictJSONError as exc:
-        raise BackendUnavailable(f"the identity provider's {what} {url} is not JSON: {exc}") from None
+        raise BackendUnavailable(
+            f"the identity provider's {what} {url} is not JSON: {exc}"
+        ) from None
 
 
 def parse_jwks(document: Any, settings: OidcSettings) -> dict[str, SigningKey]:

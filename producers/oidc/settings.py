@@ -139,7 +139,9 @@ def parse_oidc(data: Any, source: str) -> OidcSettings:
         )
     raw_roles = data.get("group_roles")
     if not isinstance(raw_roles, dict) or not raw_roles:
-        raise ConfigError(f'{where}: [oidc.group_roles] must map groups to roles: "group" = ["role"]')
+        raise ConfigError(
+            f'{where}: [oidc.group_roles] must map groups to roles: "group" = ["role"]'
+        )
     group_roles: dict[str, frozenset[str]] = {}
     for group, roles in raw_roles.items():
         if not isinstance(roles, list) or not all(isinstance(r, str) and r.strip() for r in roles):
