@@ -261,6 +261,60 @@ def producer_overhead(engine, folder: Path, label: str, samples: int) -> list[st
     ]
 
 
+def bench_oidc(lines: list[str], samples: int) -> None:
+    """Outbox.record with an actor and an approval token from a real OpenID Connect
+    provider (deploy/local/oidc), warm key cache, beside the directory and no outbox."""
+    from tests.oidc.conftest import Provider
+
+    folder = fresh("oidc")
+    provider = Provider.start(folder / "provider")
+    try:
+        (folder / "policy.toml").write_text(provider.policy())
+        engine = settings.make_engine(f"sqlite:///{folder / 'outbox.db'}")
+        directory = Outbox(engine, str(folder / "identities.toml"))
+        oidc = Outbox(engine, str(folder / "identities.toml"), policy=str(folder / "policy.toml"))
+        flag_table.metadata.create_all(engine)
+        actor_token = provider.token("alice@example.com", "urn:flagtrail:rs256")
+        approvals = [
+            provider.token("bob@example.com", "urn:flagtrail:es256", approves=change(n))
+            for n in range(samples)
+        ]
+        verifier = oidc.authenticator.verifier
+        verifier.keys.warm()
+        plain, listed, proven, verify_two = [], [], [], []
+        for n in range(samples):
+            for outbox, bucket in ((None, plain), (directory, listed), (oidc, proven)):
+                started = time.perf_counter()
+                with engine.begin() as conn:
+                    conn.execute(insert(flag_table), {"flag_key": f"f{n}", "state": "on"})
+                    if outbox is directory:
+                        outbox.record(conn, change(n))
+                    elif outbox is oidc:
+                        outbox.record(
+                            conn, change(n), actor_token=actor_token, approval_token=approvals[n]
+                        )
+                bucket.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            verifier.verify(actor_token)
+            verifier.verify(approvals[n])
+            verify_two.append((time.perf_counter() - started) * 1000)
+        assert verifier.keys.fetches == 1, "the key cache was not warm"
+    finally:
+        provider.stop()
+    added = statistics.median(proven) - statistics.median(listed)
+    lines += [
+        f"| SQLite flag write + `Outbox.record`, identities from the directory, p50 / p99 | "
+        f"{percentile(listed, 50):.3f} / {percentile(listed, 99):.3f} ms | "
+        f"outbox adds {statistics.median(listed) - statistics.median(plain):+.3f} ms (p50) |",
+        f"| SQLite flag write + `Outbox.record` verifying an RS256 actor token and an ES256 "
+        f"approval token (warm key cache), p50 / p99 | "
+        f"{percentile(proven, 50):.3f} / {percentile(proven, 99):.3f} ms | "
+        f"tokens add {added:+.3f} ms (p50) over the directory; goal < 1 ms |",
+        f"| verifying the two tokens alone (RS256 + ES256), p50 / p99 | "
+        f"{percentile(verify_two, 50):.3f} / {percentile(verify_two, 99):.3f} ms | |",
+    ]
+
+
 # -- scale: PostgreSQL + Kafka ---------------------------------------------------------------
 def local_services() -> tuple[str, str]:
     out = subprocess.run(
@@ -428,15 +482,17 @@ def main() -> None:
     parser.add_argument(
         "parts",
         nargs="*",
-        metavar="{embedded,scale,verify}",
-        help="which benchmarks (default: embedded and scale; verify: only the verify ratios)",
+        metavar="{embedded,scale,verify,oidc}",
+        help="which benchmarks (default: embedded, scale and oidc; verify: only the verify "
+        "ratios; oidc: Outbox.record with OpenID Connect tokens)",
     )
+    parser.add_argument("--oidc-samples", type=int, default=2000)
     parser.add_argument("--drain-events", type=int, default=100_000)
     parser.add_argument("--verify-events", type=int, default=300_000)
     parser.add_argument("--latency-seconds", type=int, default=60)
     args = parser.parse_args()
-    args.parts = args.parts or ["embedded", "scale"]
-    if unknown := set(args.parts) - {"embedded", "scale", "verify"}:
+    args.parts = args.parts or ["embedded", "scale", "oidc"]
+    if unknown := set(args.parts) - {"embedded", "scale", "verify", "oidc"}:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     lines = ["| benchmark | result | note |", "|---|---|---|"]
     if "embedded" in args.parts:
@@ -446,6 +502,8 @@ def main() -> None:
         verify_vs_seed(lines, args.verify_events, all_non_ascii=False, foreign=True)
     if "scale" in args.parts:
         bench_scale(lines, args.drain_events, args.latency_seconds)
+    if "oidc" in args.parts:
+        bench_oidc(lines, args.oidc_samples)
     header = (
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — `{' '.join(sys.argv)}`\n\n"
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
