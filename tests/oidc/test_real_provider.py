@@ -444,3 +444,40 @@ def test_record_cli_takes_tokens_and_summary_counts_provider_changes(
     assert summary.returncode == 0, summary.stderr
     assert summary.stdout.startswith("SOC2 control coverage summary:\n CC6.1: 2 events\n")
     assert "Flag changes authenticated by OpenID Connect: 1 of 1\n" in summary.stdout
+
+
+def test_without_require_tokens_a_missing_token_falls_back_to_the_directory(
+    sqlite_engine: Engine, workdir: Path, oidc_provider: Provider
+) -> None:
+    outbox = make_outbox(sqlite_engine, workdir, oidc_provider, require_tokens=False)
+    attempt = change(approver="bob@example.com")  # bob from the directory, no approval token
+    with sqlite_engine.begin() as conn:
+        outbox.record(conn, attempt, actor_token=oidc_provider.token("alice@example.com"))
+    (record,) = rows(sqlite_engine)
+    assert record["auth"]["actor"]["method"] == "oidc"
+    assert record["auth"]["approver"] == {"method": "directory", "issuer": None, "key_id": None}
+    # a token that is present is still verified: no fallback for a bad one
+    refused(
+        outbox,
+        sqlite_engine,
+        change(approver="bob@example.com"),
+        "oidc-actor-token",
+        actor_token=oidc_provider.token("alice@example.com", "urn:other:service"),
+    )
+
+
+def test_an_unreachable_provider_is_an_outage_not_a_refusal(
+    sqlite_engine: Engine, workdir: Path, rotating_provider: Provider
+) -> None:
+    from producers.errors import BackendUnavailable
+
+    outbox = make_outbox(sqlite_engine, workdir, rotating_provider)
+    attempt = change()
+    tokens = {
+        "actor_token": rotating_provider.token("alice@example.com"),
+        "approval_token": rotating_provider.token("bob@example.com", approves=attempt),
+    }
+    rotating_provider.stop()
+    with pytest.raises(BackendUnavailable), sqlite_engine.begin() as conn:
+        outbox.record(conn, attempt, **tokens)
+    assert rows(sqlite_engine) == []  # nothing recorded: the caller retries

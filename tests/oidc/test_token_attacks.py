@@ -169,7 +169,9 @@ def test_unknown_kids_refetch_at_most_once_per_interval() -> None:
     assert provider.fetched.count(f"{ISSUER}/jwks") == 1
 
 
-@pytest.mark.parametrize("token_issuer", [ISSUER + "/", "https://IDP.example.com", "idp.example.com"])
+@pytest.mark.parametrize(
+    "token_issuer", [ISSUER + "/", "https://IDP.example.com", "idp.example.com"]
+)
 def test_the_issuer_must_match_exactly(token_issuer: str) -> None:
     assert "issuer" in refused(sign(claims(iss=token_issuer)))
 
@@ -285,3 +287,14 @@ def test_a_signature_over_other_bytes_is_refused() -> None:
 def test_bad_oidc_settings_are_clear_config_errors(table: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         settings(**table)
+
+
+def test_the_shipped_oidc_example_policy_parses_with_every_setting() -> None:
+    from pathlib import Path
+
+    from producers.policy import load_policy
+
+    example = Path(__file__).resolve().parents[2] / "deploy/examples/policy-oidc.toml"
+    oidc = load_policy(example).oidc
+    assert oidc is not None and oidc.issuer == "https://login.example.com"
+    assert oidc.roles_for(["flag-release-managers", "unknown"]) == {"release-manager"}
