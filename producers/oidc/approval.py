@@ -45,11 +45,19 @@ def change_digest(change: FlagChange) -> str:
     return hashlib.sha256(canonical_json(bound).encode("ascii")).hexdigest()
 
 
-def binding_problem(claims: dict[str, Any], claim: str, change: FlagChange) -> str | None:
-    """Why the token does not approve ``change``, or None when it is bound to it."""
+def _approval_entries(claims: dict[str, Any], claim: str) -> list[dict[str, Any]]:
     details = claims.get(claim)
     entries = details if isinstance(details, list) else [details] if details else []
-    bound = [e for e in entries if isinstance(e, dict) and e.get("type") == APPROVAL_TYPE]
+    return [e for e in entries if isinstance(e, dict) and e.get("type") == APPROVAL_TYPE]
+
+
+def has_approval_entry(claims: dict[str, Any], claim: str) -> bool:
+    return bool(_approval_entries(claims, claim))
+
+
+def binding_problem(claims: dict[str, Any], claim: str, change: FlagChange) -> str | None:
+    """Why the token does not approve ``change``, or None when it is bound to it."""
+    bound = _approval_entries(claims, claim)
     if len(bound) != 1:
         return f"it carries {len(bound)} {APPROVAL_TYPE!r} entries in {claim!r}, not exactly one"
     entry = bound[0]

@@ -24,7 +24,7 @@ from typing import Any
 from producers.errors import InvalidChange
 from producers.events import FlagChange
 from producers.identity import IdentityProvider, normalize_name
-from producers.oidc.approval import binding_problem
+from producers.oidc.approval import binding_problem, has_approval_entry
 from producers.oidc.settings import OidcSettings
 from producers.oidc.tokens import TokenRefused, TokenVerifier, VerifiedToken
 from producers.policy import EnvironmentClass, Violation
@@ -150,6 +150,10 @@ class Authenticator:
             token = self._verify("actor", actor_token)
             if isinstance(token, Violation):
                 return token
+            if has_approval_entry(token.claims, settings.approval_claim):
+                # the actor is handed the approver's token to submit: it must not
+                # let them act as the approver
+                return _refused("oidc-actor-token", "actor token refused: it is an approval token")
             if actor.strip() and normalize_name(actor) != normalize_name(token.subject):
                 return _refused(
                     "oidc-subject-mismatch",

@@ -10,6 +10,8 @@
     require_tokens = true                   # false: a change without tokens falls back
                                             # to the identity directory (migration)
     algorithms = ["RS256", "ES256"]         # a subset of these two, nothing else
+    token_types = ["at+jwt"]                # header typ accepted (RFC 9068); add "jwt"
+                                            # for a provider that marks access tokens so
     jwks_max_age_seconds = 600              # keys are re-read after this long
     jwks_refetch_seconds = 30               # an unknown kid refetches at most this often
     jwks_max_keys = 50                      # a larger key set is refused
@@ -46,6 +48,7 @@ class OidcSettings:
     leeway_seconds: int = 30
     require_tokens: bool = True
     algorithms: tuple[str, ...] = SUPPORTED_ALGORITHMS
+    token_types: tuple[str, ...] = ("at+jwt",)  # lowercased, without "application/"
     jwks_max_age_seconds: int = 600
     jwks_refetch_seconds: int = 30
     jwks_max_keys: int = 50
@@ -91,6 +94,7 @@ _KEYS = {
     "leeway_seconds",
     "require_tokens",
     "algorithms",
+    "token_types",
     "jwks_max_age_seconds",
     "jwks_refetch_seconds",
     "jwks_max_keys",
@@ -137,6 +141,9 @@ def parse_oidc(data: Any, source: str) -> OidcSettings:
             f"{where}: algorithms must list some of {', '.join(SUPPORTED_ALGORITHMS)} "
             "(symmetric and 'none' signatures are never accepted)"
         )
+    types = data.get("token_types", ["at+jwt"])
+    if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
+        raise ConfigError(f'{where}: token_types must list header typ values, e.g. ["at+jwt"]')
     raw_roles = data.get("group_roles")
     if not isinstance(raw_roles, dict) or not raw_roles:
         raise ConfigError(
@@ -156,5 +163,6 @@ def parse_oidc(data: Any, source: str) -> OidcSettings:
         approval_claim=texts["approval_claim"],
         require_tokens=require,
         algorithms=tuple(dict.fromkeys(algorithms)),
+        token_types=tuple(t.lower().removeprefix("application/") for t in types),
         **numbers,
     )

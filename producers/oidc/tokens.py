@@ -2,7 +2,8 @@
 
 Order of checks (each failure is a TokenRefused naming what failed):
   1. shape: at most MAX_TOKEN_BYTES, three base64url parts, a strict JSON header
-     (no duplicate members) whose ``alg`` is one the policy allows (RS256/ES256
+     (no duplicate members) whose ``typ`` is an accepted token type (``at+jwt``,
+     RFC 9068, unless the policy widens it), whose ``alg`` is one the policy allows (RS256/ES256
      only: ``none`` and HS* are refused before any key is looked at, which also
      closes "the RSA public key used as an HMAC secret") and whose ``kid`` is a
      short string;
@@ -12,7 +13,8 @@ Order of checks (each failure is a TokenRefused naming what failed):
   4. claims, parsed strictly (a duplicated claim refuses the token): ``iss``
      exactly the configured issuer (a trailing slash is another issuer), ``aud``
      the configured audience or a list holding it, ``exp`` required, ``exp``,
-     ``nbf`` and ``iat`` numbers checked against the clock with the leeway, the
+     ``nbf`` and ``iat`` numbers checked against the clock with the leeway (and
+     ``exp`` at most MAX_LIFETIME_SECONDS ahead), the
      subject claim a non-empty string, the groups claim a list of strings (a lone
      string is refused, not guessed at).
 """
@@ -36,6 +38,7 @@ from producers.oidc.strictjson import StrictJSONError, strict_loads
 MAX_TOKEN_BYTES = 16 * 1024
 MAX_KID_CHARS = 256
 MAX_SUBJECT_CHARS = 256
+MAX_LIFETIME_SECONDS = 366 * 86400  # an expiry further ahead is not a session, it is a key
 
 
 class TokenRefused(Exception):
@@ -129,6 +132,15 @@ class TokenVerifier:
         if not isinstance(header, dict):
             raise TokenRefused("its header is not a JSON object")
         algorithm = header.get("alg")
+        media_type = header.get("typ")
+        if not isinstance(media_type, str) or (
+            media_type.lower().removeprefix("application/") not in self.settings.token_types
+        ):
+            # RFC 9068 §4: an access token says so; an ID token (or any other JWT
+            # the provider signs) with our audience is not an access token
+            raise TokenRefused(
+                f"its type (typ) {media_type!r} is not {' or '.join(self.settings.token_types)}"
+            )
         if algorithm not in self.settings.algorithms:
             raise TokenRefused(
                 f"its algorithm {algorithm!r} is not accepted "
@@ -158,6 +170,8 @@ class TokenVerifier:
             raise TokenRefused("it has no numeric expiry (exp)")
         if now > expires + leeway:
             raise TokenRefused("it has expired")
+        if expires > now + MAX_LIFETIME_SECONDS:
+            raise TokenRefused("its expiry is more than a year ahead")
         for name, what in (("nbf", "not valid yet (nbf)"), ("iat", "issued in the future (iat)")):
             moment = claims.get(name)
             if moment is None:

@@ -252,6 +252,23 @@ def test_a_tampered_token_is_refused(
     assert "signature" in message
 
 
+def test_an_approval_token_cannot_serve_as_an_actor_token(
+    oidc_outbox: Outbox, sqlite_engine: Engine, oidc_provider: Provider
+) -> None:
+    # alice is handed bob's approval to submit her change; she must not act as bob
+    attempt = change()
+    bobs_approval = oidc_provider.token("bob@example.com", approves=attempt)
+    message = refused(
+        oidc_outbox,
+        sqlite_engine,
+        attempt,
+        "oidc-actor-token",
+        actor_token=bobs_approval,
+        approval_token=oidc_provider.token("alice@example.com", approves=attempt),
+    )
+    assert "approval token" in message
+
+
 def test_a_groups_claim_that_is_a_string_is_refused(
     oidc_outbox: Outbox, sqlite_engine: Engine, oidc_provider: Provider
 ) -> None:

@@ -80,7 +80,7 @@ def claims(**overrides: Any) -> dict[str, Any]:
 
 
 def sign(payload: dict[str, Any], key: Any = RSA_KEY, alg: str = "RS256", kid: str = "r1") -> str:
-    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
+    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid, "typ": "at+jwt"})
 
 
 def b64(data: bytes) -> str:
@@ -107,7 +107,7 @@ def test_both_algorithms_verify() -> None:
 
 
 def test_alg_none_is_refused() -> None:
-    header = b64(json.dumps({"alg": "none", "kid": "r1"}).encode())
+    header = b64(json.dumps({"alg": "none", "kid": "r1", "typ": "at+jwt"}).encode())
     token = f"{header}.{b64(json.dumps(claims()).encode())}.x"
     assert "algorithm 'none'" in refused(token)
 
@@ -117,7 +117,7 @@ def test_rsa_public_key_as_hmac_secret_is_refused() -> None:
     pem = RSA_KEY.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    header = json.dumps({"alg": "HS256", "kid": "r1"})
+    header = json.dumps({"alg": "HS256", "kid": "r1", "typ": "at+jwt"})
     signing_input = f"{b64(header.encode())}.{b64(json.dumps(claims()).encode())}".encode()
     import hashlib
     import hmac
@@ -150,7 +150,7 @@ def test_kid_tricks_find_no_key(kid: str) -> None:
 
 @pytest.mark.parametrize("kid", [None, 7, ["r1"], {"kid": "r1"}, ""])
 def test_a_kid_that_is_not_a_string_is_refused(kid: object) -> None:
-    header = json.dumps({"alg": "RS256", "kid": kid})
+    header = json.dumps({"alg": "RS256", "kid": kid, "typ": "at+jwt"})
     assert "usable key id" in refused(raw_token(header, json.dumps(claims())))
 
 
@@ -196,13 +196,13 @@ def test_an_issuer_that_is_not_https_is_refused_outside_loopback(issuer: str) ->
 
 
 def test_duplicate_claims_are_refused() -> None:
-    header = json.dumps({"alg": "RS256", "kid": "r1"})
+    header = json.dumps({"alg": "RS256", "kid": "r1", "typ": "at+jwt"})
     body = json.dumps(claims())[:-1] + ', "sub": "bob@example.com"}'
     assert "appears twice" in refused(raw_token(header, body))
 
 
 def test_duplicate_header_members_are_refused() -> None:
-    header = '{"alg":"RS256","kid":"r1","alg":"none"}'
+    header = '{"alg":"RS256","kid":"r1","typ":"at+jwt","alg":"none"}'
     assert "appears twice" in refused(raw_token(header, json.dumps(claims())))
 
 
@@ -259,9 +259,9 @@ def test_malformed_tokens_are_refused(token: str) -> None:
 
 
 def test_critical_header_extensions_are_refused() -> None:
-    header = json.dumps({"alg": "RS256", "kid": "r1", "crit": ["exp"], "exp": 1})
+    header = json.dumps({"alg": "RS256", "kid": "r1", "typ": "at+jwt", "crit": ["exp"], "exp": 1})
     assert "critical" in refused(raw_token(header, json.dumps(claims())))
-    header = json.dumps({"alg": "RS256", "kid": "r1", "b64": False, "crit": ["b64"]})
+    header = json.dumps({"alg": "RS256", "kid": "r1", "typ": "at+jwt", "b64": False})
     assert "critical" in refused(raw_token(header, json.dumps(claims())))
 
 
@@ -298,3 +298,19 @@ def test_the_shipped_oidc_example_policy_parses_with_every_setting() -> None:
     oidc = load_policy(example).oidc
     assert oidc is not None and oidc.issuer == "https://login.example.com"
     assert oidc.roles_for(["flag-release-managers", "unknown"]) == {"release-manager"}
+
+
+def test_only_access_tokens_are_accepted_by_their_type() -> None:
+    # an ID token (typ JWT) the provider signed with our audience is not an access token
+    id_token = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "r1"})
+    assert "type (typ)" in refused(id_token)
+    assert verifier(token_types=["JWT"]).verify(id_token).subject == "alice@example.com"
+    media = jwt.encode(
+        claims(), RSA_KEY, algorithm="RS256", headers={"kid": "r1", "typ": "application/at+jwt"}
+    )
+    assert verifier().verify(media).subject == "alice@example.com"
+
+
+def test_an_expiry_years_ahead_is_refused() -> None:
+    assert "a year ahead" in refused(sign(claims(exp=int(NOW) + 400 * 86400)))
+    assert "a year ahead" in refused(sign(claims(exp=1e308)))
