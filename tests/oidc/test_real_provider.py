@@ -23,6 +23,8 @@ from producers.schema import outbox as outbox_table
 from tests.conftest import run_cli
 from tests.oidc.conftest import Provider
 
+pytestmark = pytest.mark.oidc
+
 
 def change(**overrides: Any) -> FlagChange:
     fields: dict[str, Any] = {
@@ -442,6 +444,9 @@ def test_record_cli_takes_tokens_and_summary_counts_provider_changes(
         "--reason=ship it",
         "--change-ref=CHG-1",
     ]
+    missing = run_cli(*args, "--actor=alice@example.com", cwd=workdir, env=env)
+    assert missing.returncode == 3 and "requires an actor token" in missing.stderr
+    assert "Traceback" not in missing.stderr
     env["FLAGTRAIL_ACTOR_TOKEN"] = oidc_provider.token("alice@example.com")
     approval = oidc_provider.token("bob@example.com", approves=attempt)
     done = run_cli(*args, f"--approval-token={approval}", cwd=workdir, env=env)
@@ -459,7 +464,7 @@ def test_record_cli_takes_tokens_and_summary_counts_provider_changes(
     (out,) = (workdir / "out").glob("*.jsonl")
     summary = run_cli("summary", str(out), cwd=workdir, env=env)
     assert summary.returncode == 0, summary.stderr
-    assert summary.stdout.startswith("SOC2 control coverage summary:\n CC6.1: 2 events\n")
+    assert summary.stdout.startswith("SOC2 control coverage summary:\n CC6.1: 3 events\n")
     assert "Flag changes authenticated by OpenID Connect: 1 of 1\n" in summary.stdout
 
 

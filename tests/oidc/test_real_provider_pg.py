@@ -12,7 +12,7 @@ from producers import PolicyError
 from tests.oidc.conftest import Provider
 from tests.oidc.test_real_provider import change, make_outbox, rows
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.oidc]
 
 
 def test_two_concurrent_uses_of_one_approval_record_one_change(
