@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -309,6 +310,60 @@ def bench_privacy(lines: list[str], batches: int = 300) -> None:
     del os.environ["FLAGTRAIL_PSEUDONYMS"]
 
 
+def bench_oidc(lines: list[str], samples: int) -> None:
+    """Outbox.record with an actor and an approval token from a real OpenID Connect
+    provider (deploy/local/oidc), warm key cache, beside the directory and no outbox."""
+    from tests.oidc.conftest import Provider
+
+    folder = fresh("oidc")
+    provider = Provider.start(folder / "provider")
+    try:
+        (folder / "policy.toml").write_text(provider.policy())
+        engine = settings.make_engine(f"sqlite:///{folder / 'outbox.db'}")
+        directory = Outbox(engine, str(folder / "identities.toml"))
+        oidc = Outbox(engine, str(folder / "identities.toml"), policy=str(folder / "policy.toml"))
+        flag_table.metadata.create_all(engine)
+        actor_token = provider.token("alice@example.com", "urn:flagtrail:rs256")
+        approvals = [
+            provider.token("bob@example.com", "urn:flagtrail:es256", approves=change(n))
+            for n in range(samples)
+        ]
+        verifier = oidc.authenticator.verifier
+        verifier.keys.warm()
+        plain, listed, proven, verify_two = [], [], [], []
+        for n in range(samples):
+            for outbox, bucket in ((None, plain), (directory, listed), (oidc, proven)):
+                started = time.perf_counter()
+                with engine.begin() as conn:
+                    conn.execute(insert(flag_table), {"flag_key": f"f{n}", "state": "on"})
+                    if outbox is directory:
+                        outbox.record(conn, change(n))
+                    elif outbox is oidc:
+                        outbox.record(
+                            conn, change(n), actor_token=actor_token, approval_token=approvals[n]
+                        )
+                bucket.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            verifier.verify(actor_token)
+            verifier.verify(approvals[n])
+            verify_two.append((time.perf_counter() - started) * 1000)
+        assert verifier.keys.fetches == 1, "the key cache was not warm"
+    finally:
+        provider.stop()
+    added = statistics.median(proven) - statistics.median(listed)
+    lines += [
+        f"| SQLite flag write + `Outbox.record`, identities from the directory, p50 / p99 | "
+        f"{percentile(listed, 50):.3f} / {percentile(listed, 99):.3f} ms | "
+        f"outbox adds {statistics.median(listed) - statistics.median(plain):+.3f} ms (p50) |",
+        f"| SQLite flag write + `Outbox.record` verifying an RS256 actor token and an ES256 "
+        f"approval token (warm key cache), p50 / p99 | "
+        f"{percentile(proven, 50):.3f} / {percentile(proven, 99):.3f} ms | "
+        f"tokens add {added:+.3f} ms (p50) over the directory; goal < 1 ms |",
+        f"| verifying the two tokens alone (RS256 + ES256), p50 / p99 | "
+        f"{percentile(verify_two, 50):.3f} / {percentile(verify_two, 99):.3f} ms | |",
+    ]
+
+
 # -- scale: PostgreSQL + Kafka ---------------------------------------------------------------
 def local_services() -> tuple[str, str]:
     out = subprocess.run(
@@ -471,32 +526,54 @@ def concurrent_writers(engine, folder: Path, writers: int, seconds: float) -> st
     )
 
 
+def _verify_only(lines: list[str], args: argparse.Namespace) -> None:
+    verify_vs_seed(lines, args.verify_events, all_non_ascii=False)
+    verify_vs_seed(lines, args.verify_events, all_non_ascii=False, foreign=True)
+
+
+# name -> (what it measures, run); `embedded` includes the verify ratios
+PARTS: dict[str, tuple[str, Callable[[list[str], argparse.Namespace], None]]] = {
+    "embedded": (
+        "SQLite: producer overhead, drain, export, verify ratios",
+        lambda lines, a: bench_embedded(lines, a.drain_events, a.verify_events),
+    ),
+    "scale": (
+        "PostgreSQL + Kafka: drain, latency, writers",
+        lambda lines, a: bench_scale(lines, a.drain_events, a.latency_seconds),
+    ),
+    "verify": ("only the verify ratios against the seed's verifier", _verify_only),
+    "privacy": ("pseudonymisation costs", lambda lines, a: bench_privacy(lines)),
+    "oidc": (
+        "Outbox.record with OpenID Connect tokens (real provider)",
+        lambda lines, a: bench_oidc(lines, a.oidc_samples),
+    ),
+}
+DEFAULT_PARTS = ("embedded", "scale", "privacy", "oidc")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        epilog="parts: " + "; ".join(f"{name}: {what}" for name, (what, _) in PARTS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "parts",
         nargs="*",
-        metavar="{embedded,scale,verify,privacy}",
-        help="which benchmarks (default: embedded and scale; verify: only the verify ratios; "
-        "privacy: only the pseudonymisation costs, which embedded includes)",
+        metavar="PART",
+        help=f"which benchmarks (default: {', '.join(DEFAULT_PARTS)})",
     )
+    parser.add_argument("--oidc-samples", type=int, default=2000)
     parser.add_argument("--drain-events", type=int, default=100_000)
     parser.add_argument("--verify-events", type=int, default=300_000)
     parser.add_argument("--latency-seconds", type=int, default=60)
     args = parser.parse_args()
-    args.parts = args.parts or ["embedded", "scale"]
-    if unknown := set(args.parts) - {"embedded", "scale", "verify", "privacy"}:
-        parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+    args.parts = args.parts or list(DEFAULT_PARTS)
+    if unknown := set(args.parts) - set(PARTS):
+        parser.error(f"unknown part(s): {', '.join(sorted(unknown))}; known: {', '.join(PARTS)}")
     lines = ["| benchmark | result | note |", "|---|---|---|"]
-    if "embedded" in args.parts:
-        bench_embedded(lines, args.drain_events, args.verify_events)
-    if "embedded" in args.parts or "privacy" in args.parts:
-        bench_privacy(lines)
-    elif "verify" in args.parts:
-        verify_vs_seed(lines, args.verify_events, all_non_ascii=False)
-        verify_vs_seed(lines, args.verify_events, all_non_ascii=False, foreign=True)
-    if "scale" in args.parts:
-        bench_scale(lines, args.drain_events, args.latency_seconds)
+    for name in args.parts:
+        PARTS[name][1](lines, args)
     header = (
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — `{' '.join(sys.argv)}`\n\n"
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "

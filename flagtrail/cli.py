@@ -138,9 +138,13 @@ def cmd_record(args: argparse.Namespace) -> int:
         reason=args.reason,
         change_ref=args.change_ref,
     )
+    tokens = {  # the [oidc] provider's JWTs (flags, else env: not in the process list)
+        "actor_token": args.actor_token or os.environ.get("FLAGTRAIL_ACTOR_TOKEN") or None,
+        "approval_token": args.approval_token or os.environ.get("FLAGTRAIL_APPROVAL_TOKEN") or None,
+    }
     with outbox.engine.begin() as conn:
-        event_id = apply_change(conn, outbox, change)
-    print(f"recorded {args.action} of {args.flag} in {args.env}: event {event_id}")
+        event_id = apply_change(conn, outbox, change, **tokens)
+    print(f"recorded {args.action} of {change.flag_key} in {args.env}: event {event_id}")
     return 0
 
 
@@ -290,6 +294,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from producers.controls import parse_controls
     from relay.summary import count_controls, format_summary
 
@@ -297,8 +303,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
         controls = parse_controls(args.controls) if args.controls else None
     except ValueError as exc:
         raise ConfigError(f"--controls: {exc}") from None
-    counts, rotations = count_controls(Path(args.file))
-    print(format_summary(counts, controls, rotations), end="")
+    changes: Counter[str] = Counter()
+    counts, rotations = count_controls(Path(args.file), changes)
+    print(format_summary(counts, controls, rotations, changes), end="")
     return 0
 
 
@@ -503,13 +510,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flag", required=True, help="flag key, e.g. checkout-v2")
     p.add_argument("--env", required=True, help="environment, e.g. production")
     p.add_argument("--action", required=True, choices=["create", "update", "rollout", "delete"])
-    p.add_argument("--actor", required=True, help="identity making the change")
+    p.add_argument(
+        "--actor", default="", help="identity making the change (from the token when given)"
+    )
     p.add_argument("--approver", help="identity approving it (required in production)")
     p.add_argument("--role", required=True, help="role the actor acts in")
     p.add_argument("--before", type=_json_arg, default=None, help="prior state, JSON")
     p.add_argument("--after", type=_json_arg, default=None, help="new state, JSON")
     p.add_argument("--reason", default="", help="justification (required)")
     p.add_argument("--change-ref", default="", help="ticket, e.g. CHG-4821 (production)")
+    p.add_argument(
+        "--actor-token", help="the actor's JWT from the [oidc] provider [env FLAGTRAIL_ACTOR_TOKEN]"
+    )
+    p.add_argument(
+        "--approval-token",
+        help="the approver's approval JWT, bound to this change [env FLAGTRAIL_APPROVAL_TOKEN]",
+    )
     _add_identities(p)
     _add_backends(p, log=False)
     p.set_defaults(func=cmd_record)

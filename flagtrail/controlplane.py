@@ -35,9 +35,11 @@ def current_state(conn: Connection, flag_key: str, environment: str) -> object:
     return json.loads(row[0]) if row else None
 
 
-def apply_change(conn: Connection, outbox: Outbox, change: FlagChange) -> str:
-    """Audit first (the policy runs before any write), then write the flag."""
-    event_id = outbox.record(conn, change)
+def apply_change(conn: Connection, outbox: Outbox, change: FlagChange, **tokens: str | None) -> str:
+    """Audit first (the policy runs before any write), then write the flag.
+
+    ``tokens``: actor_token / approval_token for an [oidc] policy (Outbox.record)."""
+    event_id = outbox.record(conn, change, **tokens)
     where = (flags.c.flag_key == change.flag_key, flags.c.environment == change.environment)
     if change.action == "delete":
         conn.execute(flags.delete().where(*where))

@@ -14,12 +14,20 @@ from producers.errors import DuplicateEvent, InvalidChange, PolicyError
 from producers.events import FlagChange, canonical_json, change_record, event_record, utc_now
 from producers.identity import FileIdentityDirectory, IdentityProvider
 from producers.journal import journal_for
+from producers.oidc.authenticate import Authenticator
+from producers.oidc.replay import spend_approval, unspend_approval
+from producers.oidc.tokens import TokenVerifier
 from producers.policy import Policy, Violation, evaluate, load_policy
 from producers.privacy import Privacy
 from producers.schema import ensure_schema, outbox
 from producers.vault import ensure_vault_schema
 
 DEFAULT_CHAIN = "flag-audit"
+APPROVAL_REPLAYED = Violation(
+    "oidc-approval-replayed",
+    "CC6.6",
+    "SOC2 CC6.6: approval token refused: it was already used for a change",
+)
 
 
 def _epoch_us(moment: datetime) -> int:
@@ -75,6 +83,7 @@ class Outbox:
         create_schema: bool = True,
         clock: Callable[[], datetime] = utc_now,
         policy: Policy | str | None = None,
+        token_verifier: TokenVerifier | None = None,
     ) -> None:
         self.engine = engine
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
@@ -86,27 +95,56 @@ class Outbox:
 
             identities = FileIdentityDirectory(identities or identities_path())
         self.identities = identities
+        # identities: the directory, or tokens from the policy's [oidc] provider
+        self.authenticator = Authenticator(
+            self.policy.oidc, identities, self.policy.limits, token_verifier
+        )
         if create_schema:
             ensure_schema(engine)
             ensure_vault_schema(engine)
         self.privacy = Privacy(self)
 
-    def record(self, conn: Connection, change: FlagChange) -> str:
-        """Record ``change`` in the caller's transaction; returns the event_id."""
+    def record(
+        self,
+        conn: Connection,
+        change: FlagChange,
+        *,
+        actor_token: str | None = None,
+        approval_token: str | None = None,
+    ) -> str:
+        """Record ``change`` in the caller's transaction; returns the event_id.
+
+        ``actor_token`` and ``approval_token`` are the provider's JWTs when the
+        policy has an ``[oidc]`` table (producers/oidc/authenticate.py)."""
         change.validate_shape(self.policy.limits)
         env_class = self.policy.class_of(change.environment)  # undeclared: InvalidChange
-        violation = evaluate(change, self.identities, self.policy)
+        established = self.authenticator.authenticate(
+            change, env_class, actor_token, approval_token
+        )
+        if isinstance(established, Violation):
+            self.reject(conn, change, established)
+        change = established.change
+        violation = evaluate(change, established.identities, self.policy)
         if violation is not None:
             self.reject(conn, change, violation)
         now = self.clock()
+        approval = established.approval
+        if approval is not None and not spend_approval(
+            conn,
+            approval.issuer,
+            approval.claims["jti"],
+            change.event_id,
+            _epoch_us(now),
+            int(approval.claims["exp"] * 1_000_000),
+        ):
+            self.reject(conn, change, APPROVAL_REPLAYED)
         # the verified identities, not the spelling typed (aliases resolve to one), judged
         # above and only now pseudonymised for storage (producers/privacy.py)
+        directory = established.identities
         actor, approver, reason = self.privacy.protect(
             conn,
-            self.identities.resolve(change.actor) or change.actor,
-            (self.identities.resolve(change.approver) or change.approver)
-            if change.approver
-            else None,
+            directory.resolve(change.actor) or change.actor,
+            (directory.resolve(change.approver) or change.approver) if change.approver else None,
             change.reason,
         )
         record = change_record(
@@ -120,7 +158,10 @@ class Outbox:
             reason=reason,
             environment_class=env_class.name,
         )
+        record["auth"] = established.auth  # how each identity was established
         if not _insert_new(conn, outbox_row(self.chain_id, record, now)):
+            if approval is not None:  # the caller's transaction stays usable: unspend it
+                unspend_approval(conn, approval.issuer, approval.claims["jti"])
             raise DuplicateEvent(f"event {change.event_id} is already in the outbox")
         return change.event_id
 

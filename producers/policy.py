@@ -21,6 +21,7 @@ from typing import Any
 from producers.errors import ConfigError, InvalidChange
 from producers.events import FlagChange
 from producers.identity import IdentityProvider, normalize_name
+from producers.oidc.settings import OidcSettings, parse_oidc
 from producers.validation import Limits
 
 DISTINCT_APPROVER_MESSAGE = "SOC2 CC8.1: production flag change requires a distinct approver"
@@ -82,6 +83,7 @@ class Policy:
     source: str = "the built-in policy"
     # [privacy]: pseudonymisation and reason redaction (read by producers/privacy.py)
     privacy: dict[str, Any] = field(default_factory=dict)
+    oidc: OidcSettings | None = None  # [oidc]: identities proven by a provider's tokens
 
     def class_of(self, environment: str) -> EnvironmentClass:
         """The environment's class; an undeclared environment is refused (400)."""
@@ -97,7 +99,7 @@ class Policy:
         )
 
 
-_TOP_KEYS = {"operator_roles", "default_class", "classes", "limits", "privacy"}
+_TOP_KEYS = {"operator_roles", "default_class", "classes", "limits", "privacy", "oidc"}
 _CLASS_KEYS = {"environments", "change_roles", "approve_roles", "requires_approval"}
 
 
@@ -167,7 +169,8 @@ def parse_policy(text: str, source: str) -> Policy:
     privacy = data.get("privacy", {})
     if not isinstance(privacy, dict):
         raise ConfigError(f"policy {source}: [privacy] must be a table")
-    return Policy(classes, operator_roles, default_class, limits, f"policy {source}", privacy)
+    oidc = parse_oidc(data["oidc"], source) if "oidc" in data else None
+    return Policy(classes, operator_roles, default_class, limits, f"policy {source}", privacy, oidc)
 
 
 def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:

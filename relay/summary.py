@@ -7,14 +7,20 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from producers.errors import ConfigError, EvidenceError
+from producers.events import FLAG_ACTIONS
 from relay.canonical import LineError, strict_record
 
 
 def format_summary(
-    counts: Counter[str], controls: Iterable[str] | None = None, rotations: Sequence[int] = ()
+    counts: Counter[str],
+    controls: Iterable[str] | None = None,
+    rotations: Sequence[int] = (),
+    changes: Counter[str] | None = None,
 ) -> str:
     """``SOC2 control coverage summary:`` then `` CC6.1: N events`` per control, sorted
-    (the seed's format), then one line per sentinel rotation when there are any."""
+    (the seed's format), then one line per sentinel rotation when there are any, then
+    how many flag changes the OpenID Connect provider authenticated when any were
+    (``changes`` from count_changes)."""
     wanted = set(controls) if controls is not None else set(counts)
     lines = ["SOC2 control coverage summary:"]
     lines += [f" {ctrl}: {counts.get(ctrl, 0)} events" for ctrl in sorted(wanted)]
@@ -22,11 +28,39 @@ def format_summary(
         f"Sentinel rotation at record {r}: a new epoch starts (see the manifest's rotations)"
         for r in rotations
     ]
+    if changes and changes[OIDC]:
+        lines.append(
+            f"Flag changes authenticated by OpenID Connect: {changes[OIDC]} of {changes[CHANGES]}"
+        )
     return "\n".join(lines) + "\n"
 
 
-def count_controls(path: Path) -> tuple[Counter[str], list[int]]:
-    """Control counts and the record numbers of sentinel rotations."""
+CHANGES, OIDC = "changes", "oidc"
+
+
+def _method(auth: object, who: str) -> object:
+    entry = auth.get(who) if isinstance(auth, dict) else None
+    return entry.get("method") if isinstance(entry, dict) else None
+
+
+def count_changes(record: dict, into: Counter[str]) -> None:
+    """Count a flag change, and whether the provider authenticated it: its actor and
+    its approver (when it has one) established by OpenID Connect tokens (``auth``)."""
+    if record.get("action") not in FLAG_ACTIONS:
+        return
+    into[CHANGES] += 1
+    auth = record.get("auth")
+    if _method(auth, "actor") == "oidc" and (
+        record.get("approver") is None or _method(auth, "approver") == "oidc"
+    ):
+        into[OIDC] += 1
+
+
+def count_controls(
+    path: Path, changes: Counter[str] | None = None
+) -> tuple[Counter[str], list[int]]:
+    """Control counts and the record numbers of sentinel rotations; ``changes``, when
+    given, also counts flag changes and those the provider authenticated."""
     counts: Counter[str] = Counter()
     rotations: list[int] = []
     try:
@@ -37,6 +71,8 @@ def count_controls(path: Path) -> tuple[Counter[str], list[int]]:
                 except LineError as exc:
                     raise EvidenceError(f"{path}: record {number} is unreadable: {exc}") from None
                 counts.update(record.get("soc2_controls") or ())
+                if changes is not None:
+                    count_changes(record, changes)
                 if record.get("action") == "sentinel_rotation":
                     rotations.append(number)
     except FileNotFoundError:

@@ -1,0 +1,50 @@
+"""Without an [oidc] table the directory stays the identity provider; records say so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+
+from producers import FlagChange, InvalidChange, Outbox
+from producers.schema import outbox as outbox_table
+from tests.conftest import make_outbox
+
+
+def attempt() -> FlagChange:
+    return FlagChange(
+        actor="alice@example.com",
+        approver="bob",
+        role="release-manager",
+        flag_key="checkout-v2",
+        environment="production",
+        action="update",
+        after={"enabled": True},
+        reason="ship",
+        change_ref="CHG-1",
+    )
+
+
+def test_directory_identities_are_recorded_as_such(sqlite_engine: Engine, workdir: Path) -> None:
+    outbox = make_outbox(sqlite_engine, workdir)
+    with sqlite_engine.begin() as conn:
+        outbox.record(conn, attempt())
+    with sqlite_engine.connect() as conn:
+        (payload,) = conn.execute(select(outbox_table.c.payload)).scalars()
+    record = json.loads(payload)
+    assert record["approver"] == "bob@example.com"  # the alias resolved, as before
+    directory = {"method": "directory", "issuer": None, "key_id": None}
+    assert record["auth"] == {"actor": directory, "approver": directory}
+
+
+def test_a_token_without_a_provider_to_verify_it_is_refused(
+    sqlite_engine: Engine, workdir: Path
+) -> None:
+    outbox: Outbox = make_outbox(sqlite_engine, workdir)
+    with (
+        pytest.raises(InvalidChange, match="no \\[oidc\\] provider"),
+        sqlite_engine.begin() as conn,
+    ):
+        outbox.record(conn, attempt(), actor_token="a.b.c")
