@@ -240,6 +240,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from relay.signing import load_private_key
 
     load_private_key(key)  # a missing key fails before the log is opened
+    from relay.stamping import tsa_url as chosen_tsa
+
+    tsa_url = chosen_tsa(args.tsa_url, args.no_timestamp)
     with open_log(
         settings.log_url(args.log_url), settings.chain_id(args.chain), read_only=True
     ) as audit_log:
@@ -252,6 +255,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             controls,
             progress=lambda n: print(f"  … {n:,} records", file=sys.stderr),
             previous=Path(args.previous) if args.previous else None,
+            tsa_url=tsa_url,
         )
     print(f"Evidence file : {paths.jsonl}")
     print(f"Signature file: {paths.signature}")
@@ -263,12 +267,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         print("Note: no events in this window.", file=sys.stderr)
     if manifest["link"]:
         print(f"Linking records: {paths.link} ({manifest['link']['record_count']})")
+    if manifest["timestamp"]:
+        print(f"Timestamp     : {paths.manifest.name}.tsr (RFC 3161, {tsa_url})")
     print(f"Key           : {manifest['public_key_fingerprint']}")
     print(f"Verify with   : {manifest['verify_commands'][3]}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from relay.stamping import trusted_tsa_certs
     from relay.trust import Trust
     from relay.verify import render, verify_export
 
@@ -284,6 +291,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         trust=trust,
         previous=Path(args.previous) if args.previous else None,
         chain_only=args.chain_only,
+        tsa_certs=() if args.chain_only else trusted_tsa_certs(args.tsa_cert),
     )
     print(render(report))
     return report.exit_code
@@ -592,6 +600,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the previous export's manifest: this manifest names its head, and carries "
         "the records between that head and this window (<stem>.link.jsonl) if any",
     )
+    p.add_argument(
+        "--tsa-url",
+        metavar="URL",
+        help="RFC 3161 time-stamping authority that stamps the manifest "
+        "(<stem>.manifest.json.tsr) [env FLAGTRAIL_TSA_URL]; when one is set and does not "
+        "answer, nothing is exported",
+    )
+    p.add_argument(
+        "--no-timestamp",
+        action="store_true",
+        help="export without a timestamp even when FLAGTRAIL_TSA_URL is set",
+    )
     _add_backends(p, outbox=False)
     p.set_defaults(func=cmd_export)
 
@@ -629,6 +649,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--previous",
         metavar="OLD.manifest.json",
         help="the previous export's manifest: check that this export continues its chain",
+    )
+    p.add_argument(
+        "--tsa-cert",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="a trusted TSA (or TSA CA) certificate: the manifest's RFC 3161 token must "
+        "chain to one, and a package without a token fails; repeatable "
+        "[env FLAGTRAIL_TSA_CERTS, paths separated by ':']",
     )
     p.add_argument(
         "--chain-only",

@@ -13,7 +13,8 @@ from typing import Any
 
 from flagtrail import __version__
 from producers.controls import CONTROL_ORDER
-from producers.errors import ConfigError, EvidenceError
+from producers.errors import BackendUnavailable, ConfigError, EvidenceError
+from relay import stamping
 from relay.canonical import (
     GENESIS,
     LineError,
@@ -30,6 +31,7 @@ from relay.manifest import (
     WindowFacts,
     anchor_of,
     describe,
+    manifest_bytes,
     meta_event,
     parse_manifest,
     rotation_problem,
@@ -192,8 +194,10 @@ def export_window(
     progress: Callable[[int], None] | None = None,
     previous: Path | None = None,
     lag_threshold_s: float = DEFAULT_LAG_THRESHOLD_S,
+    tsa_url: str | None = None,
 ) -> tuple[PackagePaths, dict[str, Any]]:
-    """Write the evidence package for [start, end]; returns its paths and manifest."""
+    """Write the evidence package for [start, end]; returns its paths and manifest.
+    With ``tsa_url`` the manifest is timestamped (RFC 3161) or nothing is exported."""
     since, until = window_bounds(start, end)
     key = load_private_key(signing_key_path)  # fail before writing anything
     public_key = key.public_key()
@@ -263,13 +267,28 @@ def export_window(
             "public_key_fingerprint": key_fingerprint,
             "previous_export": None,
             "link": None,
+            "timestamp": stamping.plan(tsa_url, paths) if tsa_url else None,
         }
     )
     if old is not None:
         _link_previous(audit_log, manifest, old, paths, since, facts)
     if manifest["link"] is None:
         paths.link.unlink(missing_ok=True)  # a stale one from an earlier run binds nothing
+    token = None
+    if manifest["timestamp"] is not None:
+        try:
+            token = stamping.obtain(manifest["timestamp"], manifest_bytes(manifest))
+        except EvidenceError:
+            stamping.discard_package(paths)
+            raise
+        except BackendUnavailable as exc:
+            stamping.discard_package(paths)
+            raise stamping.stamp_failed(exc) from None
     write_signed(paths.manifest, paths.manifest_signature, manifest, key)
+    if token is None:
+        stamping.token_path(paths).unlink(missing_ok=True)  # a stale one stamps nothing here
+    else:
+        stamping.token_path(paths).write_bytes(token)
     return paths, manifest
 
 

@@ -40,6 +40,7 @@ NOT_DERIVED = frozenset(
         "public_key_fingerprint",
         "statements_after_window",
         "sha256",
+        "timestamp",  # RFC 3161: the TSA, the nonce and the token file (relay/stamping.py)
     }
 )
 

@@ -25,11 +25,12 @@ import hashlib
 import multiprocessing
 import os
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from producers.errors import EXIT_OK, EXIT_TAMPERED, EXIT_UNTRUSTED_KEY, ConfigError, EvidenceError
 from relay.canonical import (
@@ -63,6 +64,9 @@ from relay.signing import PublicKey, fingerprint, load_public_key, signature_val
 from relay.statements import CheckedGapFinder, is_automatic_rotation, operator_rotation_signed
 from relay.summary import format_summary
 from relay.trust import Trust
+
+if TYPE_CHECKING:
+    from cryptography.x509 import Certificate
 
 PARALLEL_THRESHOLD_BYTES = 8 * 1024 * 1024
 # records the gap analysis reads whole: they open or document gaps by themselves
@@ -146,6 +150,7 @@ class VerifyReport:
     trusted: bool = False
     chain_only: bool = False
     previous: str = "not checked (pass --previous OLD.manifest.json to check the link)"
+    timestamp: str = "not checked"
 
     @property
     def intact(self) -> bool:
@@ -578,6 +583,20 @@ def _check_signatures(
     return signer
 
 
+def _check_timestamp(
+    report: VerifyReport,
+    paths: PackagePaths,
+    manifest: dict[str, Any],
+    manifest_data: bytes,
+    tsa_certs: Sequence[Certificate],
+) -> None:
+    from relay.stamping import check_package  # asn1crypto only when a package is checked
+
+    report.timestamp, problem = check_package(paths, manifest, manifest_data, tsa_certs)
+    if problem is not None:
+        report.fail(max(report.records, 1), f"timestamp: {problem}")
+
+
 # -- manifest facts ---------------------------------------------------------------------------
 def _statement_records(manifest: dict[str, Any], report: VerifyReport) -> list[dict[str, Any]]:
     """Gap statements written after the window travel in the manifest: each must be a
@@ -881,8 +900,10 @@ def verify_export(
     trust: Trust | None = None,
     previous: Path | None = None,
     chain_only: bool = False,
+    tsa_certs: Sequence[Certificate] = (),
 ) -> VerifyReport:
-    """Check an export. ``pubkey`` (or ``trust``) names the trusted key(s)."""
+    """Check an export. ``pubkey`` (or ``trust``) names the trusted key(s); ``tsa_certs``
+    the TSA certificates its RFC 3161 timestamp must chain to (none: not checked)."""
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -947,6 +968,7 @@ def verify_export(
             "the file's SHA-256 differs from the manifest's (the file was changed after export)",
         )
     signer = _check_signatures(report, paths, trust, manifest, manifest_data, file_digest)
+    _check_timestamp(report, paths, manifest, manifest_data, tsa_certs)
     if stitched is not None and report.finding is None:
         # statements count when signed by the key that signed the package (the export
         # judged them with it); an untrusted signer exits 4 whatever they say
@@ -997,5 +1019,6 @@ def render(report: VerifyReport) -> str:
     lines.append(f"Signature: {report.signature}")
     if not report.chain_only:
         lines.append(f"Previous export: {report.previous}")
+        lines.append(f"Timestamp: {report.timestamp}")
     lines.extend(f"Finding: {f}" for f in report.findings)
     return "\n".join(lines)

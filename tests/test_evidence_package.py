@@ -197,6 +197,7 @@ MANIFEST_FIELDS = [
     "statements_after_window",
     "summary_file",
     "summary_sha256",
+    "timestamp",
     "undocumented_gaps",
     "verify_commands",
     "window",
