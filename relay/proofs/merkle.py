@@ -153,13 +153,16 @@ def consistency_proof(read: NodeReader, old_size: int, new_size: int) -> list[by
 
 
 def range_proof(read: NodeReader, begin: int, end: int, size: int) -> list[bytes]:
-    """What proves that leaves [begin, end) are the same leaves of a tree of ``size``:
-    the subtrees tiling [0, begin), then those tiling [end, size), in ``_border`` order.
-    With the window's own leaves a verifier recomputes the root (``verify_range``)."""
+    """What proves that leaves [begin, end) are leaves begin..end-1 of the tree of
+    ``size``: the compact range of [0, begin) (its subtree roots, largest first), then
+    the consistency proof from ``end`` leaves to ``size``. A verifier appends the
+    window's own leaves to that compact range, which gives the root at ``end``, and
+    checks the consistency proof to the root at ``size``. Go's tlog does the same with
+    StoredHashes, TreeHash and CheckTree."""
     if not 0 <= begin <= end <= size:
         raise ValueError(f"leaves [{begin}, {end}) are not within a tree of {size} leaves")
-    pieces = _border(0, begin) + _border(end, size)
-    return [read(level, first >> level) for level, first in pieces]
+    left = CompactRange.from_nodes(begin, read).hashes
+    return left + consistency_proof(read, end, size)
 
 
 # -- verifying -------------------------------------------------------------------------
@@ -247,49 +250,6 @@ def verify_consistency(
         )
 
 
-def root_from_range(
-    begin: int, end: int, size: int, leaves: Iterable[bytes], proof: Sequence[bytes]
-) -> bytes:
-    """The root that the leaf hashes of [begin, end) and their ``range_proof`` imply."""
-    if not 0 <= begin <= end <= size:
-        raise EvidenceError(f"leaves [{begin}, {end}) are not within a tree of {size} leaves")
-    _check_hashes(proof, "range proof")
-    left, right = _border(0, begin), _border(end, size)
-    if len(proof) != len(left) + len(right):
-        raise EvidenceError(
-            f"the range proof holds {len(proof)} hashes, leaves [{begin}, {end}) of a tree "
-            f"of {size} need {len(left) + len(right)}"
-        )
-    border = CompactRange(begin, proof[: len(left)])
-    count = 0
-    for leaf in leaves:
-        border.append(leaf)
-        count += 1
-    if count != end - begin:
-        raise EvidenceError(f"the range proof covers {end - begin} leaves, {count} were given")
-    known: dict[tuple[int, int], bytes] = {}
-    for (level, first), h in zip(_border(0, end), border.hashes, strict=True):
-        known[(first, first + (1 << level))] = h
-    for (level, first), h in zip(right, proof[len(left) :], strict=True):
-        known[(first, first + (1 << level))] = h
-    if size == 0:
-        return hashlib.sha256(b"").digest()
-    return _hash_from_pieces(known, 0, size)
-
-
-def _hash_from_pieces(known: dict[tuple[int, int], bytes], start: int, end: int) -> bytes:
-    """MTH(D[start:end]) from subtrees that tile it: the RFC's split, down to a known one."""
-    found = known.get((start, end))
-    if found is not None:
-        return found
-    if end - start < 2:
-        raise EvidenceError(f"the range proof lacks the subtree of leaves [{start}, {end})")
-    k = _split(end - start)
-    return node_hash(
-        _hash_from_pieces(known, start, start + k), _hash_from_pieces(known, start + k, end)
-    )
-
-
 def verify_range(
     begin: int,
     end: int,
@@ -298,7 +258,24 @@ def verify_range(
     proof: Sequence[bytes],
     root: bytes,
 ) -> None:
-    if root_from_range(begin, end, size, leaves, proof) != root:
+    """Check a ``range_proof``: ``leaves`` are the leaf hashes of [begin, end), in order."""
+    if not 0 <= begin <= end <= size:
+        raise EvidenceError(f"leaves [{begin}, {end}) are not within a tree of {size} leaves")
+    _check_hashes(proof, "range proof")
+    border_size = begin.bit_count()
+    if len(proof) < border_size:
+        raise EvidenceError(f"the range proof is too short for leaves [{begin}, {end})")
+    border = CompactRange(begin, proof[:border_size])
+    count = 0
+    for leaf in leaves:
+        border.append(leaf)
+        count += 1
+    if count != end - begin:
+        raise EvidenceError(f"the range proof covers {end - begin} leaves, {count} were given")
+    try:
+        verify_consistency(end, size, border.root(), root, proof[border_size:])
+    except EvidenceError as exc:
         raise EvidenceError(
-            f"leaves [{begin}, {end}) are not those of the tree of {size} leaves with that root"
-        )
+            f"leaves [{begin}, {end}) are not those of the tree of {size} leaves "
+            f"with that root ({exc})"
+        ) from None
