@@ -39,9 +39,11 @@ from relay.manifest import (
     window_bounds,
     write_signed,
 )
+from relay.package_proofs import write_proofs
 from relay.signing import fingerprint, load_private_key, public_pem, sign_digest
 from relay.statements import CheckedGapFinder
 from relay.summary import format_summary
+from relay.tree import TreeStore
 
 __all__ = ["ExportError", "PackagePaths", "export_window", "window_bounds"]
 
@@ -195,8 +197,10 @@ def export_window(
     previous: Path | None = None,
     lag_threshold_s: float = DEFAULT_LAG_THRESHOLD_S,
     tsa_url: str | None = None,
+    tree: TreeStore | None = None,
 ) -> tuple[PackagePaths, dict[str, Any]]:
     """Write the evidence package for [start, end]; returns its paths and manifest.
+    With the chain's Merkle ``tree``, the package carries its proofs (relay/package_proofs.py).
     With ``tsa_url`` the manifest is timestamped (RFC 3161) or nothing is exported."""
     since, until = window_bounds(start, end)
     key = load_private_key(signing_key_path)  # fail before writing anything
@@ -270,6 +274,18 @@ def export_window(
             "timestamp": stamping.plan(tsa_url, paths) if tsa_url else None,
         }
     )
+    manifest["merkle"] = None
+    if tree is not None:
+        manifest["merkle"] = write_proofs(
+            tree,
+            paths.jsonl,
+            paths.proof,
+            facts.head["sequence"] if facts.head else 0,
+            facts.count,
+            old[0] if old else None,
+        )
+    if manifest["merkle"] is None:
+        paths.proof.unlink(missing_ok=True)  # a stale one from an earlier run binds nothing
     if old is not None:
         _link_previous(audit_log, manifest, old, paths, since, facts)
     if manifest["link"] is None:

@@ -36,6 +36,7 @@ NOT_DERIVED = frozenset(
         "chain_head_at_export",
         "previous_export",
         "link",
+        "merkle",
         "public_key",
         "public_key_fingerprint",
         "statements_after_window",
@@ -54,6 +55,7 @@ class PackagePaths:
     summary: Path
     public_key: Path
     link: Path
+    proof: Path  # the Merkle proofs (relay/package_proofs.py)
 
     @classmethod
     def for_window(
@@ -72,6 +74,7 @@ class PackagePaths:
             jsonl.with_name(f"{stem}.summary.txt"),
             jsonl.with_name(PUBLIC_KEY_FILE),
             jsonl.with_name(f"{stem}.link.jsonl"),
+            jsonl.with_name(f"{stem}.proof.json"),
         )
 
 

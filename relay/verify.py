@@ -60,10 +60,12 @@ from relay.manifest import (
     summary_sha256,
     window_stem,
 )
+from relay.proofs.note import Ed25519Verifier
 from relay.signing import PublicKey, fingerprint, load_public_key, signature_valid
 from relay.statements import CheckedGapFinder, is_automatic_rotation, operator_rotation_signed
 from relay.summary import format_summary
 from relay.trust import Trust
+from relay.verify_proofs import check_merkle
 
 if TYPE_CHECKING:
     from cryptography.x509 import Certificate
@@ -151,6 +153,7 @@ class VerifyReport:
     chain_only: bool = False
     previous: str = "not checked (pass --previous OLD.manifest.json to check the link)"
     timestamp: str = "not checked"
+    merkle: str = "not checked"
 
     @property
     def intact(self) -> bool:
@@ -900,10 +903,12 @@ def verify_export(
     trust: Trust | None = None,
     previous: Path | None = None,
     chain_only: bool = False,
+    note_keys: list[Ed25519Verifier] | None = None,
     tsa_certs: Sequence[Certificate] = (),
 ) -> VerifyReport:
-    """Check an export. ``pubkey`` (or ``trust``) names the trusted key(s); ``tsa_certs``
-    the TSA certificates its RFC 3161 timestamp must chain to (none: not checked)."""
+    """Check an export. ``pubkey`` (or ``trust``) names the trusted key(s); ``note_keys``
+    the log's trusted checkpoint keys (relay/verify_proofs.py); ``tsa_certs`` the TSA
+    certificates its RFC 3161 timestamp must chain to (none: not checked)."""
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -975,9 +980,17 @@ def verify_export(
         keys = [signer] if signer is not None else list(trust.keys)
         _recompute(report, stitched, manifest, keys, paths)
         _check_link_file(report, paths, manifest)
+        old_manifest = None
         if previous is not None and report.finding is None:
             old_manifest, old_data = _load_previous(previous, trust, signer, report)
             _check_previous(report, manifest, previous, old_manifest, old_data, stitched.probe_hash)
+        if report.finding is None:
+            try:
+                report.merkle = check_merkle(
+                    path, paths.proof, manifest, note_keys or [], old_manifest
+                )
+            except EvidenceError as exc:
+                report.fail(max(report.records, 1), f"Merkle proofs: {exc}")
     return report
 
 
@@ -1020,5 +1033,6 @@ def render(report: VerifyReport) -> str:
     if not report.chain_only:
         lines.append(f"Previous export: {report.previous}")
         lines.append(f"Timestamp: {report.timestamp}")
+        lines.append(f"Merkle proofs: {report.merkle}")
     lines.extend(f"Finding: {f}" for f in report.findings)
     return "\n".join(lines)

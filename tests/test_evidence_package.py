@@ -187,6 +187,7 @@ MANIFEST_FIELDS = [
     "link",
     "manifest_signature_file",
     "manifest_version",
+    "merkle",
     "previous_export",
     "public_key",
     "public_key_fingerprint",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-MODULES: tuple[str, ...] = ("witness",)
+MODULES: tuple[str, ...] = ("checkpoint", "witness")
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:

@@ -64,3 +64,16 @@ def parse_checkpoint(text: bytes) -> Checkpoint:
     if checkpoint.text() != text:  # base64 has one spelling of each value
         raise EvidenceError("the checkpoint is not in its one canonical form")
     return checkpoint
+
+
+# flagtrail's one extension line: when the log signed the checkpoint. It makes a
+# heartbeat (the same tree, signed again later) a different, dated statement.
+TIME_EXTENSION = "flagtrail-time "
+
+
+def signed_time(checkpoint: Checkpoint) -> str | None:
+    """The time a checkpoint's flagtrail-time extension line states, if any."""
+    for line in checkpoint.extensions:
+        if line.startswith(TIME_EXTENSION):
+            return line.removeprefix(TIME_EXTENSION)
+    return None
