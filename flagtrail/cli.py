@@ -182,6 +182,8 @@ def _relay(args: argparse.Namespace):  # -> relay.relay.Relay
     log_url = settings.log_url(args.log_url)
     audit_log = open_log(log_url, source.chain_id)
     tree = open_writer(settings.tree_url(log_url), source.chain_id, *settings.note_key_path())
+    from relay.witness.client import witness_client_for
+
     return Relay(
         source,
         audit_log,
@@ -189,6 +191,7 @@ def _relay(args: argparse.Namespace):  # -> relay.relay.Relay
         clock_skew_tolerance_s=args.clock_skew_tolerance,
         max_payload_bytes=args.max_payload_bytes,
         tree=tree,
+        witnesses=witness_client_for(tree),
     )
 
 
@@ -251,6 +254,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     log_url, chain = settings.log_url(args.log_url), settings.chain_id(args.chain)
     with open_log(log_url, chain, read_only=True) as audit_log:
         tree = open_store(settings.tree_url(log_url), chain, read_only=True)
+        from relay.witness.cosignatures import CosignedTreeStore
+
+        tree = CosignedTreeStore(tree)  # the checkpoint with its witnesses' cosignatures
         paths, manifest = export_window(
             audit_log,
             args.start,
@@ -287,6 +293,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from relay.stamping import trusted_tsa_certs
+    from relay.witness.package import load_witness_keys
+
+    witness_keys = [] if args.chain_only else load_witness_keys(args.witness_key)
+    min_witnesses = (
+        args.min_witnesses if args.min_witnesses is not None else (1 if witness_keys else 0)
+    )
     from relay.trust import Trust
     from relay.verify import render, verify_export
     from relay.verify_proofs import load_note_keys
@@ -307,6 +319,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         previous=Path(args.previous) if args.previous else None,
         chain_only=args.chain_only,
         tsa_certs=() if args.chain_only else trusted_tsa_certs(args.tsa_cert),
+        witness_keys=witness_keys,
+        min_witnesses=min_witnesses,
         note_keys=note_keys,
     )
     print(render(report))
@@ -673,6 +687,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--previous",
         metavar="OLD.manifest.json",
         help="the previous export's manifest: check that this export continues its chain",
+    )
+    p.add_argument(
+        "--witness-key",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a trusted witness's cosignature key (name+hash+base64, as `flagtrail witness "
+        "keygen` wrote it), or a file of them; repeatable [env FLAGTRAIL_WITNESS_KEYS]",
+    )
+    p.add_argument(
+        "--min-witnesses",
+        type=int,
+        metavar="N",
+        help="how many of the --witness-key witnesses must have cosigned the package's "
+        "checkpoint (default 1 when a witness key is given)",
     )
     p.add_argument(
         "--tsa-cert",

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -47,6 +47,9 @@ from relay.quarantine import (
     quarantine_record,
 )
 from relay.tree import TreeMismatch, TreeWriter
+
+if TYPE_CHECKING:
+    from relay.witness.client import WitnessClient
 
 log = structlog.get_logger("flagtrail.relay")
 
@@ -95,6 +98,9 @@ class RelayObserver:
     def rotated(self, record: dict[str, Any]) -> None: ...
     def heartbeat(self, ok: bool) -> None: ...
     def clock_skew(self, count: int) -> None: ...
+    def witness_cosigned(self, witness: str) -> None: ...
+    def witness_refused(self, witness: str) -> None: ...
+    def witness_unreachable(self, witness: str) -> None: ...
 
 
 def now_us() -> int:
@@ -315,9 +321,14 @@ class Relay:
         clock_skew_tolerance_s: float = DEFAULT_CLOCK_SKEW_TOLERANCE_S,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         tree: TreeWriter | None = None,
+        witnesses: WitnessClient | None = None,
     ) -> None:
         self.source = source
         self.tree = tree
+        self.witnesses = witnesses
+        self._witnessed: bytes | None = None
+        if witnesses is not None:
+            witnesses.observer = self  # forwards to self.observer, which may be set later
         self.log = audit_log
         self.batch_size = batch_size
         self.observer = observer or RelayObserver()
@@ -529,6 +540,19 @@ class Relay:
         except TreeMismatch as exc:
             self.observer.chain_check_failed()
             log.error("relay.tree_mismatch", chain=self.source.chain_id, reason=str(exc))
+        note = self.tree.latest_note if self.tree is not None else None
+        if self.witnesses is not None and note is not None and note is not self._witnessed:
+            self._witnessed = note
+            self.witnesses.submit(note)  # sent on the client's thread: never slows the relay
+
+    def witness_cosigned(self, witness: str) -> None:
+        self.observer.witness_cosigned(witness)
+
+    def witness_refused(self, witness: str) -> None:
+        self.observer.witness_refused(witness)
+
+    def witness_unreachable(self, witness: str) -> None:
+        self.observer.witness_unreachable(witness)
 
     def checkpoint_tree(self, force: bool = False) -> None:
         """Sign a checkpoint if one is due (or ``force``): an idle one is a heartbeat."""
@@ -542,6 +566,8 @@ class Relay:
         while (result := self.relay_batch()) is not None:
             total += result.count
         self.checkpoint_tree(force=True)
+        if self.witnesses is not None:
+            self.witnesses.flush()  # `relay --once` exits with its checkpoint witnessed
         return total
 
     def run(

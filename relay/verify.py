@@ -70,6 +70,8 @@ from relay.verify_proofs import check_merkle
 if TYPE_CHECKING:
     from cryptography.x509 import Certificate
 
+    from relay.witness.cosignature import CosignatureVerifier
+
 PARALLEL_THRESHOLD_BYTES = 8 * 1024 * 1024
 # records the gap analysis reads whole: they open or document gaps by themselves
 WHOLE_ACTIONS = (*REPORTED_META_ACTIONS, "quarantined")
@@ -153,6 +155,7 @@ class VerifyReport:
     chain_only: bool = False
     previous: str = "not checked (pass --previous OLD.manifest.json to check the link)"
     timestamp: str = "not checked"
+    witnesses: str = "not checked (pass --witness-key VKEY and --min-witnesses N)"
     merkle: str = "not checked"
 
     @property
@@ -905,10 +908,13 @@ def verify_export(
     chain_only: bool = False,
     note_keys: list[Ed25519Verifier] | None = None,
     tsa_certs: Sequence[Certificate] = (),
+    witness_keys: Sequence[CosignatureVerifier] = (),
+    min_witnesses: int = 0,
 ) -> VerifyReport:
     """Check an export. ``pubkey`` (or ``trust``) names the trusted key(s); ``note_keys``
     the log's trusted checkpoint keys (relay/verify_proofs.py); ``tsa_certs`` the TSA
-    certificates its RFC 3161 timestamp must chain to (none: not checked)."""
+    certificates its RFC 3161 timestamp must chain to (none: not checked); ``witness_keys``
+    the witnesses of which ``min_witnesses`` must have cosigned its checkpoint."""
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -991,6 +997,12 @@ def verify_export(
                 )
             except EvidenceError as exc:
                 report.fail(max(report.records, 1), f"Merkle proofs: {exc}")
+        if report.finding is None:
+            from relay.witness.package import check_witnesses
+
+            report.witnesses, problem = check_witnesses(manifest, witness_keys, min_witnesses)
+            if problem is not None:
+                report.fail(max(report.records, 1), f"witnesses: {problem}")
     return report
 
 
@@ -1034,5 +1046,6 @@ def render(report: VerifyReport) -> str:
         lines.append(f"Previous export: {report.previous}")
         lines.append(f"Timestamp: {report.timestamp}")
         lines.append(f"Merkle proofs: {report.merkle}")
+        lines.append(f"Witnesses: {report.witnesses}")
     lines.extend(f"Finding: {f}" for f in report.findings)
     return "\n".join(lines)
