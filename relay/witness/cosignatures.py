@@ -16,9 +16,9 @@ from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from producers.errors import BackendUnavailable
-from relay.proofs.checkpoint import parse_checkpoint
+from relay.proofs.checkpoint import parse_checkpoint, signed_time
 from relay.proofs.note import split_note
-from relay.tree import TreeStore, checkpoint_time
+from relay.tree import TreeStore
 
 _metadata = MetaData()
 cosignatures_table = Table(
@@ -41,7 +41,7 @@ _SQLITE_APPEND_ONLY = [
 
 def _key(note: bytes) -> tuple[int, str]:
     checkpoint = parse_checkpoint(split_note(note)[0])
-    return checkpoint.size, checkpoint_time(checkpoint) or ""
+    return checkpoint.size, signed_time(checkpoint) or ""
 
 
 class CosignatureStore:
