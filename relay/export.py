@@ -278,6 +278,7 @@ def export_window(
     if tree is not None:
         manifest["merkle"] = write_proofs(
             tree,
+            audit_log,
             paths.jsonl,
             paths.proof,
             facts.head["sequence"] if facts.head else 0,

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from producers.errors import ConfigError, EvidenceError
+from relay.logs.base import AuditLog
 from relay.proofs.checkpoint import Checkpoint, parse_checkpoint
 from relay.proofs.merkle import (
+    NodeReader,
     consistency_proof,
     inclusion_proof,
     range_proof,
@@ -28,7 +30,7 @@ from relay.proofs.merkle import (
 )
 from relay.proofs.note import split_note
 from relay.proofs.package import Inclusion, Previous, ProofFile
-from relay.tree import TreeStore, line_leaf
+from relay.tree import TreeReader, TreeStore, line_leaf
 
 
 class ProofMismatch(EvidenceError):
@@ -48,6 +50,7 @@ def window_leaves(jsonl: Path) -> Iterator[bytes]:
 
 def write_proofs(
     store: TreeStore,
+    audit_log: AuditLog,
     jsonl: Path,
     target: Path,
     head_sequence: int,
@@ -68,8 +71,9 @@ def write_proofs(
             f"window's last (sequence {end}): export again after the relay's next checkpoint "
             "(FLAGTRAIL_CHECKPOINT_SECONDS, or `flagtrail relay --once`)"
         )
+    read = TreeReader(store, audit_log).node
     leaves = window_leaves(jsonl)
-    proof = range_proof(store.node, begin, end, checkpoint.size)
+    proof = range_proof(read, begin, end, checkpoint.size)
     try:
         verify_range(begin, end, checkpoint.size, leaves, proof, checkpoint.root_hash)
     except EvidenceError as exc:
@@ -79,11 +83,11 @@ def write_proofs(
             "export to an auditor"
         ) from None
     inclusion = [
-        Inclusion(index, inclusion_proof(store.node, index, checkpoint.size))
+        Inclusion(index, inclusion_proof(read, index, checkpoint.size))
         for index in sorted({begin, end - 1})
         if record_count
     ]
-    previous = _previous(store, checkpoint, previous_manifest)
+    previous = _previous(read, checkpoint, previous_manifest)
     document = ProofFile(note, begin, end, proof, inclusion, previous).to_json()
     partial = target.with_name(target.name + ".partial")
     with partial.open("wb") as out:
@@ -99,7 +103,7 @@ def write_proofs(
 
 
 def _previous(
-    store: TreeStore, checkpoint: Checkpoint, previous_manifest: dict[str, Any] | None
+    read: NodeReader, checkpoint: Checkpoint, previous_manifest: dict[str, Any] | None
 ) -> Previous | None:
     old_entry = (previous_manifest or {}).get("merkle")
     if not isinstance(old_entry, dict) or not isinstance(old_entry.get("checkpoint"), str):
@@ -115,7 +119,7 @@ def _previous(
             f"the previous export's checkpoint has {old.size} records, the latest only "
             f"{checkpoint.size}: the tree shrank"
         )
-    proof = consistency_proof(store.node, old.size, checkpoint.size)
+    proof = consistency_proof(read, old.size, checkpoint.size)
     try:
         verify_consistency(old.size, checkpoint.size, old.root_hash, checkpoint.root_hash, proof)
     except EvidenceError as exc:

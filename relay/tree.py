@@ -2,9 +2,14 @@
 
 Leaf i of a chain's tree is the record with sequence i + 1, hashed as RFC 6962 does
 its export line: the exact bytes of the line ``flagtrail export`` writes, without
-the newline that ends it. The tree is stored as its complete subtrees (about two
-rows per record, each written once: relay.proofs.merkle.CompactRange), so appending
-a record costs O(log n) and any proof for any tree size is O(log n) reads.
+the newline that ends it. Appending a record costs O(log n) hashing
+(relay.proofs.merkle.CompactRange) and any proof is O(log n) node reads.
+
+What is stored, like the tiles of Go's checksum database: every complete subtree of
+STORED_LEVEL (8) or more levels, one row per 128 records on average. The lower
+subtrees are recomputed when a proof needs them from the 256 records of their tile,
+read from the log itself: storing them would double the relay's writes (two rows per
+record), and the log already holds their leaves. A proof reads at most a few tiles.
 
 Where it lives (``tree_url``): in an SQL database beside the log. For the SQLite
 log that is the log file itself (tables merkle_nodes and merkle_checkpoints, which
@@ -13,9 +18,11 @@ database, by default the outbox's (FLAGTRAIL_TREE_URL names another): a node is
 read by (level, index) at random to prove, which a compacted topic cannot serve
 without a full replay into memory, and the scale path already runs PostgreSQL.
 
-The tree follows the log: after each append the relay adds the new records; at
-start it adds what the log has beyond the tree, after checking that the tree's
-last leaf is still the log's record (a rewritten log is refused, never hashed in).
+The tree follows the log: after each append the relay adds the new records (their
+subtrees and any due checkpoint in one transaction); at start it rebuilds the tile
+in progress from the log, adds what the log has beyond it, and checks that the
+tree still has the root of the latest signed checkpoint, so a log rewritten or cut
+below a checkpoint stops the tree with an alarm instead of being hashed in.
 Checkpoints (C2SP tlog-checkpoint, signed with the note key) are written every N
 records or T seconds, and when idle: an idle checkpoint repeats the size with a
 new time, a heartbeat proving that nothing was appended up to that time.
@@ -50,12 +57,19 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from producers.errors import BackendUnavailable, ConfigError, EvidenceError
 from producers.events import format_timestamp, utc_now
 from relay.logs.base import AuditLog, LogEntry
-from relay.proofs.checkpoint import TIME_EXTENSION, Checkpoint, origin_for
-from relay.proofs.merkle import CompactRange, leaf_hash
-from relay.proofs.note import Signer, generate_signer_key, parse_signer_key, sign_note
+from relay.proofs.checkpoint import TIME_EXTENSION, Checkpoint, origin_for, parse_checkpoint
+from relay.proofs.merkle import CompactRange, leaf_hash, node_hash, sha256, tree_hash
+from relay.proofs.note import (
+    Signer,
+    generate_signer_key,
+    parse_signer_key,
+    sign_note,
+    split_note,
+)
 
 log = structlog.get_logger("flagtrail.tree")
 
+STORED_LEVEL = 8  # subtrees of 256 leaves and up are stored; lower ones come from the log
 DEFAULT_CHECKPOINT_RECORDS = 1000
 DEFAULT_CHECKPOINT_SECONDS = 60.0
 
@@ -114,19 +128,19 @@ class TreeStore:
         except SQLAlchemyError as exc:
             raise BackendUnavailable(f"the Merkle tree store cannot be opened: {exc}") from exc
 
-    def size(self) -> int:
-        """How many leaves the stored tree has."""
+    def complete_size(self) -> int:
+        """How many leaves the stored subtrees cover: whole tiles of 2**STORED_LEVEL."""
         if not self.exists:
             return 0
         query = select(func.max(nodes_table.c.idx)).where(
-            and_(nodes_table.c.chain_id == self.chain_id, nodes_table.c.level == 0)
+            and_(nodes_table.c.chain_id == self.chain_id, nodes_table.c.level == STORED_LEVEL)
         )
         with self.engine.connect() as conn:
             last = conn.execute(query).scalar()
-        return 0 if last is None else last + 1
+        return 0 if last is None else (last + 1) << STORED_LEVEL
 
     def node(self, level: int, index: int) -> bytes:
-        """A complete subtree's hash (relay.proofs.merkle.NodeReader); KeyError if absent."""
+        """A stored complete subtree's hash; KeyError if absent."""
         query = select(nodes_table.c.hash).where(
             and_(
                 nodes_table.c.chain_id == self.chain_id,
@@ -140,31 +154,37 @@ class TreeStore:
             raise KeyError((level, index))
         return bytes(found)
 
-    def add_nodes(self, rows: Sequence[tuple[int, int, bytes]]) -> None:
-        if not rows:
+    def commit(
+        self, rows: Sequence[tuple[int, int, bytes]], checkpoint: tuple[int, str, bytes] | None
+    ) -> None:
+        """Store new subtrees and a checkpoint (size, signed_at, note) in one transaction."""
+        if not rows and checkpoint is None:
             return
-        values = [
-            {"chain_id": self.chain_id, "level": lv, "idx": ix, "hash": h} for lv, ix, h in rows
-        ]
         try:
             with self.engine.begin() as conn:
-                conn.execute(nodes_table.insert(), values)
+                if rows:
+                    conn.execute(
+                        nodes_table.insert(),
+                        [
+                            {"chain_id": self.chain_id, "level": lv, "idx": ix, "hash": h}
+                            for lv, ix, h in rows
+                        ],
+                    )
+                if checkpoint is not None:
+                    size, signed_at, note = checkpoint
+                    conn.execute(
+                        checkpoints_table.insert(),
+                        {
+                            "chain_id": self.chain_id,
+                            "tree_size": size,
+                            "signed_at": signed_at,
+                            "note": note.decode(),
+                        },
+                    )
         except IntegrityError as exc:
             raise TreeMismatch(
                 f"another writer added to chain {self.chain_id}'s Merkle tree meanwhile"
             ) from exc
-
-    def add_checkpoint(self, size: int, signed_at: str, note: bytes) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                checkpoints_table.insert(),
-                {
-                    "chain_id": self.chain_id,
-                    "tree_size": size,
-                    "signed_at": signed_at,
-                    "note": note.decode(),
-                },
-            )
 
     def latest_checkpoint(self) -> bytes | None:
         """The newest signed checkpoint (largest tree, then latest time), as note bytes."""
@@ -219,6 +239,56 @@ class CheckpointPolicy:
         return policy
 
 
+def log_entries(audit_log: AuditLog, first: int, count: int) -> list[LogEntry]:
+    """Up to ``count`` records from sequence ``first`` on, in order (fewer at the tail)."""
+    start = audit_log.entry_at(first)
+    if start is None:
+        return []
+    found: list[LogEntry] = []
+    for entry in audit_log.read(start.timestamp_utc):
+        if entry.sequence < first:
+            continue
+        if entry.sequence != first + len(found):
+            raise TreeMismatch(f"the log has no record at sequence {first + len(found)}")
+        found.append(entry)
+        if len(found) == count:
+            break
+    return found
+
+
+class TreeReader:
+    """Every complete subtree of a chain's tree (relay.proofs.merkle.NodeReader): the
+    stored ones from the store, the lower ones hashed from their tile's records."""
+
+    def __init__(self, store: TreeStore, audit_log: AuditLog) -> None:
+        self.store = store
+        self.log = audit_log
+        self._tiles: dict[int, list[bytes]] = {}
+
+    def leaves(self, tile: int) -> list[bytes]:
+        """The leaf hashes of a tile (2**STORED_LEVEL records; fewer at the log's tail)."""
+        if tile not in self._tiles:
+            if len(self._tiles) > 64:
+                self._tiles.clear()
+            width = 1 << STORED_LEVEL
+            entries = log_entries(self.log, tile * width + 1, width)
+            self._tiles[tile] = [line_leaf(e.line) for e in entries]
+        return self._tiles[tile]
+
+    def node(self, level: int, index: int) -> bytes:
+        if level >= STORED_LEVEL:
+            return self.store.node(level, index)
+        first = index << level
+        leaves = self.leaves(first >> STORED_LEVEL)
+        offset = first & ((1 << STORED_LEVEL) - 1)
+        layer = leaves[offset : offset + (1 << level)]
+        if len(layer) != 1 << level:
+            raise KeyError((level, index))
+        while len(layer) > 1:
+            layer = [node_hash(layer[i], layer[i + 1]) for i in range(0, len(layer), 2)]
+        return layer[0]
+
+
 class TreeWriter:
     """Keeps a chain's tree level with its log and signs checkpoints (the relay's part)."""
 
@@ -237,41 +307,70 @@ class TreeWriter:
         self.border = CompactRange()
         self.checkpointed_size = -1
         self.checkpointed_at = float("-inf")
-        self.latest_note: bytes | None = None
         self.frozen: str | None = None  # why the tree no longer follows the log
+        # called with each new signed checkpoint (the witnesses' hook)
+        self.on_checkpoint: list[Callable[[bytes], None]] = []
 
     def catch_up(self, audit_log: AuditLog) -> int:
-        """Load the stored tree, check it against the log, add what the log has beyond
-        it. Returns how many records were added."""
-        size = self.store.size()
-        self.border = CompactRange.from_nodes(size, self.store.node)
+        """Load the stored tree, add what the log has beyond it (the tile in progress
+        included), and check the result against the latest signed checkpoint.
+        Returns how many records were hashed from the log."""
         self.frozen = None
-        if size:
-            last = audit_log.entry_at(size)
-            if last is None or line_leaf(last.line) != self.store.node(0, size - 1):
-                self.frozen = (
-                    f"the log's record at sequence {size} is not the one chain "
-                    f"{self.store.chain_id}'s Merkle tree holds: the log was rewritten"
-                )
-                raise TreeMismatch(self.frozen)
-        tail = audit_log.tail()
-        if tail is None or tail.sequence <= size:
-            return 0
-        since = audit_log.entry_at(size + 1)
+        complete = self.store.complete_size()
+        self.border = CompactRange.from_nodes(complete, self.store.node)
         added, batch = 0, []
-        for entry in audit_log.read(since.timestamp_utc if since else None):
-            if entry.sequence <= size + added + len(batch):
-                continue
-            batch.append(entry)
-            if len(batch) >= 5000:
-                self.extend(batch, checkpoint=False)
-                added += len(batch)
-                batch = []
-        self.extend(batch, checkpoint=False)
-        return added + len(batch)
+        first = audit_log.entry_at(complete + 1) if complete < self._tail(audit_log) else None
+        if first is not None:
+            for entry in audit_log.read(first.timestamp_utc):
+                if entry.sequence <= complete + added + len(batch):
+                    continue
+                batch.append(entry)
+                if len(batch) >= 5000:
+                    self._extend(batch, checkpoint=False)
+                    added, batch = added + len(batch), []
+            self._extend(batch, checkpoint=False)
+            added += len(batch)
+        self._check_signed(audit_log)
+        return added
 
-    def extend(self, entries: Sequence[LogEntry], checkpoint: bool = True) -> None:
-        """Add records appended to the log, in sequence order."""
+    @staticmethod
+    def _tail(audit_log: AuditLog) -> int:
+        tail = audit_log.tail()
+        return tail.sequence if tail else 0
+
+    def _check_signed(self, audit_log: AuditLog) -> None:
+        """The latest signed checkpoint must still be a tree of the log's records."""
+        note = self.store.latest_checkpoint()
+        if note is None:
+            return
+        checkpoint = parse_checkpoint(split_note(note)[0])
+        self.checkpointed_size = checkpoint.size
+        problem = None
+        if checkpoint.size > self.border.size:
+            problem = (
+                f"the log holds {self.border.size} records of chain {self.store.chain_id}, "
+                f"fewer than the {checkpoint.size} its latest signed checkpoint holds: "
+                "the log was cut"
+            )
+        else:
+            try:
+                root = tree_hash(TreeReader(self.store, audit_log).node, checkpoint.size)
+            except KeyError:
+                root = b""
+            if root != checkpoint.root_hash:
+                problem = (
+                    f"the log's first {checkpoint.size} records of chain {self.store.chain_id} "
+                    "are not those its latest signed checkpoint holds: the log was rewritten"
+                )
+        if problem:
+            self.frozen = problem
+            raise TreeMismatch(problem)
+
+    def extend(self, entries: Sequence[LogEntry]) -> None:
+        """Add records just appended to the log, in sequence order; sign if due."""
+        self._extend(entries, checkpoint=True)
+
+    def _extend(self, entries: Sequence[LogEntry], checkpoint: bool) -> None:
         if self.frozen:
             raise TreeMismatch(self.frozen)
         rows: list[tuple[int, int, bytes]] = []
@@ -282,43 +381,47 @@ class TreeWriter:
                     f"record {entry.sequence} does not follow leaf {border.size} of chain "
                     f"{self.store.chain_id}'s Merkle tree"
                 )
-            rows.extend(border.append(line_leaf(entry.line)))
-        self.store.add_nodes(rows)
+            rows.extend(border.append(sha256(b"\x00" + entry.line.encode()).digest(), STORED_LEVEL))
+        signed = self._sign(border) if checkpoint and self._due(border.size, False) else None
+        self.store.commit(rows, signed)
         self.border = border
-        if checkpoint:
-            self.maybe_checkpoint()
+        if signed is not None:
+            self._signed(*signed)
+
+    def _due(self, size: int, force: bool) -> bool:
+        if self.signer is None or self.frozen:
+            return False
+        return (
+            (force and size != self.checkpointed_size)
+            or size - self.checkpointed_size >= self.policy.every_records
+            or self.clock() - self.checkpointed_at >= self.policy.every_seconds
+        )
 
     def maybe_checkpoint(self, force: bool = False) -> bytes | None:
         """Sign a checkpoint when N records or T seconds have passed since the last
         (an idle one is a heartbeat), or when ``force``d and the last does not cover
         the tree; returns the note if signed."""
-        if self.signer is None or self.frozen:
+        if not self._due(self.border.size, force):
             return None
-        due = (
-            (force and self.border.size != self.checkpointed_size)
-            or self.border.size - self.checkpointed_size >= self.policy.every_records
-            or self.clock() - self.checkpointed_at >= self.policy.every_seconds
-        )
-        return self.write_checkpoint() if due else None
+        signed = self._sign(self.border)
+        self.store.commit([], signed)
+        self._signed(*signed)
+        return signed[2]
 
-    def write_checkpoint(self) -> bytes:
+    def _sign(self, border: CompactRange) -> tuple[int, str, bytes]:
         if self.signer is None or self.origin is None:
             raise ConfigError("no note key: checkpoints cannot be signed")
         signed_at = format_timestamp(utc_now())
         checkpoint = Checkpoint(
-            self.origin, self.border.size, self.border.root(), (TIME_EXTENSION + signed_at,)
+            self.origin, border.size, border.root(), (TIME_EXTENSION + signed_at,)
         )
-        note = sign_note(checkpoint.text(), [self.signer])
-        self.store.add_checkpoint(checkpoint.size, signed_at, note)
-        self.checkpointed_size, self.checkpointed_at = checkpoint.size, self.clock()
-        self.latest_note = note
-        log.info(
-            "tree.checkpoint",
-            chain=self.store.chain_id,
-            size=checkpoint.size,
-            root=checkpoint.root_hash.hex()[:16],
-        )
-        return note
+        return border.size, signed_at, sign_note(checkpoint.text(), [self.signer])
+
+    def _signed(self, size: int, signed_at: str, note: bytes) -> None:
+        self.checkpointed_size, self.checkpointed_at = size, self.clock()
+        log.info("tree.checkpoint", chain=self.store.chain_id, size=size, signed_at=signed_at)
+        for listener in self.on_checkpoint:
+            listener(note)
 
 
 def rebuild_root(audit_log: AuditLog) -> tuple[int, bytes]:
@@ -383,16 +486,18 @@ def generate_note_key(out_dir: Path, name: str, overwrite: bool = False) -> tupl
 
 
 def check_against_log(audit_log: AuditLog, store: TreeStore) -> str:
-    """Rebuild the tree from the log and compare it with the stored tree and the latest
-    checkpoint; a sentence saying what matched, or TreeMismatch."""
-    from relay.proofs.merkle import tree_hash
-    from relay.proofs.note import split_note
-
+    """Rebuild the tree from the log and compare it with the stored subtrees and the
+    latest checkpoint; a sentence saying what matched, or TreeMismatch."""
     size, root = rebuild_root(audit_log)
-    stored = store.size()
-    if stored != size:
-        raise TreeMismatch(f"the log holds {size} records, the stored tree {stored} leaves")
-    if size and tree_hash(store.node, size) != root:
+    reader = TreeReader(store, audit_log)
+    complete = store.complete_size()
+    if complete > size:
+        raise TreeMismatch(f"the log holds {size} records, the stored tree {complete}")
+    try:
+        stored_root = tree_hash(reader.node, size)
+    except KeyError:
+        stored_root = b""
+    if stored_root != root:
         raise TreeMismatch(
             f"the stored tree's root differs from the root of the log's {size} records: "
             "the log or the tree was rewritten"
@@ -400,10 +505,8 @@ def check_against_log(audit_log: AuditLog, store: TreeStore) -> str:
     note = store.latest_checkpoint()
     if note is None:
         return f"the stored tree matches the log's {size} records; no checkpoint yet"
-    from relay.proofs.checkpoint import parse_checkpoint
-
     checkpoint = parse_checkpoint(split_note(note)[0])
-    if checkpoint.size > size or (checkpoint.root_hash != (tree_hash(store.node, checkpoint.size))):
+    if checkpoint.size > size or checkpoint.root_hash != tree_hash(reader.node, checkpoint.size):
         raise TreeMismatch(
             f"the latest checkpoint (size {checkpoint.size}) does not match the log's tree"
         )

@@ -28,6 +28,7 @@ from relay.signing import load_private_key
 from relay.tree import (
     CheckpointPolicy,
     TreeMismatch,
+    TreeReader,
     TreeWriter,
     check_against_log,
     generate_note_key,
@@ -136,8 +137,8 @@ def test_the_stored_tree_is_the_tree_rebuilt_from_the_log(chain: Chain) -> None:
     store = open_store(chain.log_url, chain.chain, read_only=True)
     with open_log(chain.log_url, chain.chain, read_only=True) as audit_log:
         size, root = rebuild_root(audit_log)
-        assert size == store.size() == 58
-        assert tree_hash(store.node, size) == root
+        assert store.complete_size() == 0  # 58 records: no complete tile of 256 yet
+        assert tree_hash(TreeReader(store, audit_log).node, size) == root
         assert "matches the log's 58 records" in check_against_log(audit_log, store)
     checkpoint = parse_checkpoint(split_note(store.latest_checkpoint())[0])
     assert (checkpoint.origin, checkpoint.size, checkpoint.root_hash) == (
@@ -424,3 +425,40 @@ def test_a_relay_with_a_named_note_key_that_is_missing_stops(chain: Chain) -> No
         env={"FLAGTRAIL_NOTE_KEY_PATH": "missing.key", "FLAGTRAIL_LOG_URL": chain.log_url},
     )  # fmt: skip
     assert result.returncode == 2 and "flagtrail keygen --type note" in result.stderr
+
+
+# -- past the stored level: tiles of 256 records ------------------------------------------------
+def test_trees_past_a_tile_prove_from_stored_subtrees_and_log_tiles(chain: Chain) -> None:
+    chain.record(300)
+    old, _ = chain.export(DAY1, date(2026, 3, 20), "old")  # sequences 1..227
+    chain.record(400)  # the relay restarts mid-tile: the tile in progress comes from the log
+    store = open_store(chain.log_url, chain.chain, read_only=True)
+    with open_log(chain.log_url, chain.chain, read_only=True) as audit_log:
+        size, root = rebuild_root(audit_log)
+        assert size == 700 and store.complete_size() == 512
+        assert tree_hash(TreeReader(store, audit_log).node, size) == root
+    with store.engine.connect() as conn:
+        levels = conn.exec_driver_sql("SELECT DISTINCT level FROM merkle_nodes").fetchall()
+    assert sorted(lv for (lv,) in levels) == [8, 9]  # nothing below the stored level
+    new, _ = chain.export(date(2026, 3, 21), date(2026, 4, 20), "new", previous=old.manifest)
+    proofs = parse_proof_file(new.proof.read_bytes())
+    assert proofs.begin == 227 and proofs.end > 512  # the window spans three tiles
+    report = chain.verify(new, previous=old.manifest)
+    assert report.exit_code == 0, render(report)
+    assert "extends the previous export's checkpoint (size 300)" in report.merkle
+
+
+def test_a_log_cut_below_its_signed_checkpoint_stops_the_tree(chain: Chain) -> None:
+    chain.record(280)
+    db = sqlite3.connect(chain.workdir / "log.db")
+    db.execute("DROP TRIGGER audit_log_refuses_delete")
+    db.execute("DELETE FROM audit_log WHERE sequence > 270")
+    db.commit()
+    db.close()
+    writer = chain.writer()
+    with (
+        open_log(chain.log_url, chain.chain) as audit_log,
+        pytest.raises(TreeMismatch, match="the log was cut"),
+    ):
+        writer.catch_up(audit_log)
+    assert writer.frozen and writer.maybe_checkpoint(force=True) is None

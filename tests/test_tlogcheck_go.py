@@ -12,13 +12,14 @@ import json
 import os
 import shutil
 import subprocess
+from datetime import date
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
 from relay.manifest import PackagePaths
-from tests.test_merkle import DAY1, DAY2, DAY3, Chain
+from tests.test_merkle import DAY1, Chain
 
 GO_SOURCE = Path(__file__).parent / "go" / "tlogcheck"
 CACHE = Path(os.environ.get("FLAGTRAIL_CACHE", "/tmp/flagtrail-cache"))
@@ -69,10 +70,10 @@ def run(binary: Path, chain: Chain, paths: PackagePaths, vkey: str | None = None
 @pytest.fixture
 def packages(sqlite_engine: Engine, workdir: Path, rsa_keys: Path) -> tuple[Chain, PackagePaths]:
     chain = Chain(sqlite_engine, workdir, rsa_keys)
-    chain.record(13)
-    old, _ = chain.export(DAY1, DAY1, "old")
-    chain.record(30)
-    new, _ = chain.export(DAY2, DAY3, "new", previous=old.manifest)
+    chain.record(300)  # past one tile of 256: stored subtrees and log tiles both prove
+    old, _ = chain.export(DAY1, date(2026, 3, 20), "old")
+    chain.record(400)
+    new, _ = chain.export(date(2026, 3, 21), date(2026, 4, 20), "new", previous=old.manifest)
     return chain, new
 
 
@@ -80,11 +81,11 @@ def test_go_tlog_accepts_our_checkpoint_and_proofs(tlogcheck: Path, packages) ->
     chain, paths = packages
     result = run(tlogcheck, chain, paths)
     assert result.returncode == 0, result.stderr
-    assert "checkpoint: log.example/flag-audit size 43 signed by log.example" in result.stdout
-    assert "inclusion: leaf 11 in tree 43 (tlog.CheckRecord)" in result.stdout
-    assert "inclusion: leaf 34 in tree 43 (tlog.CheckRecord)" in result.stdout
-    assert "range: all 24 records [11, 35) in tree 43" in result.stdout
-    assert "consistency: tree 43 extends tree 13 (tlog.CheckTree)" in result.stdout
+    assert "checkpoint: log.example/flag-audit size 700 signed by log.example" in result.stdout
+    assert "inclusion: leaf 227 in tree 700 (tlog.CheckRecord)" in result.stdout
+    assert "inclusion: leaf 598 in tree 700 (tlog.CheckRecord)" in result.stdout
+    assert "range: all 372 records [227, 599) in tree 700" in result.stdout
+    assert "consistency: tree 700 extends tree 300 (tlog.CheckTree)" in result.stdout
 
 
 def flip(encoded: str) -> str:
@@ -112,7 +113,7 @@ def test_go_tlog_refuses_what_was_tampered(tlogcheck: Path, packages, where: str
         head, sig = proof["checkpoint"].rsplit(" ", 1)
         proof["checkpoint"] = head + " " + flip(sig)
     elif where == "size":  # a checkpoint text edited without the key
-        proof["checkpoint"] = proof["checkpoint"].replace("\n43\n", "\n42\n", 1)
+        proof["checkpoint"] = proof["checkpoint"].replace("\n700\n", "\n699\n", 1)
     paths.proof.write_text(json.dumps(proof))
     result = run(tlogcheck, chain, paths)
     assert result.returncode == 1, result.stdout

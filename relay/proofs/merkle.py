@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from producers.errors import EvidenceError
 
+sha256 = hashlib.sha256
 HASH_SIZE = 32
 # reads the complete subtree hash at (level, index); raises KeyError when absent
 NodeReader = Callable[[int, int], bytes]
@@ -53,16 +54,20 @@ class CompactRange:
         self.size = size
         self.hashes = list(hashes)
 
-    def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
-        """Add one leaf hash; return the (level, index, hash) of every subtree it completed."""
+    def append(self, leaf: bytes, from_level: int = 0) -> list[tuple[int, int, bytes]]:
+        """Add one leaf hash; return the (level, index, hash) of every subtree it completed
+        at ``from_level`` or above (a writer that stores only the upper levels asks
+        for those alone)."""
         index, level, current = self.size, 0, leaf
-        finished = [(0, index, current)]
+        finished = [(0, index, current)] if from_level == 0 else []
+        hashes = self.hashes
         while index & 1:  # the left sibling is complete: merge up
-            current = node_hash(self.hashes.pop(), current)
+            current = sha256(b"\x01" + hashes.pop() + current).digest()
             index >>= 1
             level += 1
-            finished.append((level, index, current))
-        self.hashes.append(current)
+            if level >= from_level:
+                finished.append((level, index, current))
+        hashes.append(current)
         self.size += 1
         return finished
 
