@@ -191,7 +191,7 @@ def _relay(args: argparse.Namespace):  # -> relay.relay.Relay
         clock_skew_tolerance_s=args.clock_skew_tolerance,
         max_payload_bytes=args.max_payload_bytes,
         tree=tree,
-        witnesses=witness_client_for(tree),
+        witnesses=witness_client_for(tree, log_url, source.chain_id),
     )
 
 

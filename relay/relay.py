@@ -326,9 +326,10 @@ class Relay:
         self.source = source
         self.tree = tree
         self.witnesses = witnesses
-        self._witnessed: bytes | None = None
         if witnesses is not None:
             witnesses.observer = self  # forwards to self.observer, which may be set later
+            if tree is not None:  # each new checkpoint, sent on the client's own thread
+                tree.on_checkpoint.append(witnesses.submit)
         self.log = audit_log
         self.batch_size = batch_size
         self.observer = observer or RelayObserver()
@@ -540,10 +541,6 @@ class Relay:
         except TreeMismatch as exc:
             self.observer.chain_check_failed()
             log.error("relay.tree_mismatch", chain=self.source.chain_id, reason=str(exc))
-        note = self.tree.latest_note if self.tree is not None else None
-        if self.witnesses is not None and note is not None and note is not self._witnessed:
-            self._witnessed = note
-            self.witnesses.submit(note)  # sent on the client's thread: never slows the relay
 
     def witness_cosigned(self, witness: str) -> None:
         self.observer.witness_cosigned(witness)

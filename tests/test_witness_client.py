@@ -23,7 +23,7 @@ from relay.proofs.package import parse_proof_file
 from relay.signing import load_private_key
 from relay.tree import open_store
 from relay.verify import verify_export
-from relay.witness.client import WitnessClient, parse_witnesses
+from relay.witness.client import WitnessClient, log_reader, parse_witnesses
 from relay.witness.cosignature import generate_witness_key, parse_witness_skey, parse_witness_vkey
 from relay.witness.cosignatures import CosignatureStore, CosignedTreeStore
 from relay.witness.server import make_server, serve_in_background
@@ -80,7 +80,8 @@ def witness_url(chain: Chain, witness_keys: tuple[str, str], tmp_path: Path) -> 
 def _client(chain: Chain, vkey: str, url: str, counts: Counts) -> WitnessClient:
     store = open_store(chain.log_url, chain.chain)
     endpoints = parse_witnesses(f"{vkey} {url}")
-    return WitnessClient(endpoints, store.node, CosignatureStore(store.engine, chain.chain), counts)
+    reader = log_reader(store, chain.log_url, chain.chain)
+    return WitnessClient(endpoints, reader, CosignatureStore(store.engine, chain.chain), counts)
 
 
 def _latest(chain: Chain) -> bytes:

@@ -21,7 +21,7 @@ import base64
 import http.client
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -37,7 +37,8 @@ from relay.witness.cosignature import CosignatureVerifier, parse_witness_vkey, v
 from relay.witness.cosignatures import CosignatureStore
 
 if TYPE_CHECKING:
-    from relay.tree import TreeWriter
+    from relay.logs.base import AuditLog
+    from relay.tree import TreeStore, TreeWriter
 
 log = structlog.get_logger("flagtrail.witness")
 
@@ -127,12 +128,12 @@ class WitnessClient:
     def __init__(
         self,
         witnesses: Sequence[WitnessEndpoint],
-        read_node: NodeReader,
+        reader: Callable[[], NodeReader],
         cosignatures: CosignatureStore,
         observer: WitnessObserver | None = None,
     ) -> None:
         self.witnesses = list(witnesses)
-        self.read_node = read_node
+        self.reader = reader  # a fresh tree reader per checkpoint: the log's tail moves
         self.cosignatures = cosignatures
         self.observer: WitnessObserver = observer or _Silent()
         self.sizes: dict[str, int] = {}  # what each witness last cosigned, as far as we know
@@ -146,13 +147,16 @@ class WitnessClient:
     def send(self, note: bytes) -> list[Outcome]:
         """Send one checkpoint to every witness now; what each answered."""
         checkpoint = parse_checkpoint(split_note(note)[0])
-        return [self._send_one(w, checkpoint, note) for w in self.witnesses]
+        read = self.reader()
+        return [self._send_one(w, checkpoint, note, read) for w in self.witnesses]
 
-    def _send_one(self, witness: WitnessEndpoint, cp: Checkpoint, note: bytes) -> Outcome:
+    def _send_one(
+        self, witness: WitnessEndpoint, cp: Checkpoint, note: bytes, read: NodeReader
+    ) -> Outcome:
         old = min(self.sizes.get(witness.name, 0), cp.size)
         try:
             for attempt in range(2):
-                proof = consistency_proof(self.read_node, old, cp.size)
+                proof = consistency_proof(read, old, cp.size)
                 status, ctype, body = _post(witness.url, request_body(old, proof, note))
                 if status == 409 and ctype.startswith("text/x.tlog.size") and attempt == 0:
                     theirs = _size(body)
@@ -256,7 +260,9 @@ def _size(body: bytes) -> int | None:
     return None
 
 
-def witness_client_for(tree: TreeWriter | None) -> WitnessClient | None:
+def witness_client_for(
+    tree: TreeWriter | None, log_url: str, chain_id: str
+) -> WitnessClient | None:
     """The relay's client for FLAGTRAIL_WITNESSES (None when none is configured)."""
     endpoints = witnesses_from_environment()
     if not endpoints:
@@ -267,4 +273,22 @@ def witness_client_for(tree: TreeWriter | None) -> WitnessClient | None:
             "cosign: create a note key (flagtrail keygen --type note, FLAGTRAIL_NOTE_KEY_PATH)"
         )
     store = tree.store
-    return WitnessClient(endpoints, store.node, CosignatureStore(store.engine, store.chain_id))
+    return WitnessClient(
+        endpoints, log_reader(store, log_url, chain_id), CosignatureStore(store.engine, chain_id)
+    )
+
+
+def log_reader(store: TreeStore, log_url: str, chain_id: str) -> Callable[[], NodeReader]:
+    """Tree readers over a read-only log of the client's own (opened on first use, on
+    the client's thread: the relay's writer is not shared across threads)."""
+    opened: list[AuditLog] = []
+
+    def reader() -> NodeReader:
+        from relay.logs import open_log
+        from relay.tree import TreeReader
+
+        if not opened:
+            opened.append(open_log(log_url, chain_id, read_only=True))
+        return TreeReader(store, opened[0]).node
+
+    return reader
