@@ -179,16 +179,23 @@ def _relay(args: argparse.Namespace):  # -> relay.relay.Relay
     from relay.logs import open_log
     from relay.outbox import open_outbox_source
     from relay.relay import Relay
+    from relay.tree import open_writer
 
     engine = settings.make_engine(settings.outbox_url(args.outbox_url))
     source = open_outbox_source(engine, settings.chain_id(args.chain))
-    audit_log = open_log(settings.log_url(args.log_url), source.chain_id)
+    log_url = settings.log_url(args.log_url)
+    audit_log = open_log(log_url, source.chain_id)
+    tree = open_writer(settings.tree_url(log_url), source.chain_id, *settings.note_key_path())
+    from relay.witness.client import witness_client_for
+
     return Relay(
         source,
         audit_log,
         batch_size=args.batch_size,
         clock_skew_tolerance_s=args.clock_skew_tolerance,
         max_payload_bytes=args.max_payload_bytes,
+        tree=tree,
+        witnesses=witness_client_for(tree, log_url, source.chain_id),
     )
 
 
@@ -244,9 +251,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from relay.signing import load_private_key
 
     load_private_key(key)  # a missing key fails before the log is opened
-    with open_log(
-        settings.log_url(args.log_url), settings.chain_id(args.chain), read_only=True
-    ) as audit_log:
+    from relay.stamping import tsa_url as chosen_tsa
+    from relay.tree import open_store
+
+    tsa_url = chosen_tsa(args.tsa_url, args.no_timestamp)
+    log_url, chain = settings.log_url(args.log_url), settings.chain_id(args.chain)
+    with open_log(log_url, chain, read_only=True) as audit_log:
+        tree = open_store(settings.tree_url(log_url), chain, read_only=True)
+        from relay.witness.cosignatures import CosignedTreeStore
+
+        tree = CosignedTreeStore(tree)  # the checkpoint with its witnesses' cosignatures
         paths, manifest = export_window(
             audit_log,
             args.start,
@@ -256,7 +270,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             controls,
             progress=lambda n: print(f"  … {n:,} records", file=sys.stderr),
             previous=Path(args.previous) if args.previous else None,
+            tsa_url=tsa_url,
+            tree=tree,
         )
+        tree.close()
     print(f"Evidence file : {paths.jsonl}")
     print(f"Signature file: {paths.signature}")
     print(f"Manifest      : {paths.manifest} (signed: {paths.manifest_signature.name})")
@@ -267,15 +284,32 @@ def cmd_export(args: argparse.Namespace) -> int:
         print("Note: no events in this window.", file=sys.stderr)
     if manifest["link"]:
         print(f"Linking records: {paths.link} ({manifest['link']['record_count']})")
+    if manifest["timestamp"]:
+        print(f"Timestamp     : {paths.manifest.name}.tsr (RFC 3161, {tsa_url})")
+    if manifest["merkle"]:
+        print(f"Merkle proofs : {paths.proof}")
+    else:
+        print("Note: no signed Merkle checkpoint for this chain: no proofs.", file=sys.stderr)
     print(f"Key           : {manifest['public_key_fingerprint']}")
     print(f"Verify with   : {manifest['verify_commands'][3]}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from relay.stamping import trusted_tsa_certs
+    from relay.witness.package import load_witness_keys
+
+    witness_keys = [] if args.chain_only else load_witness_keys(args.witness_key)
+    min_witnesses = (
+        args.min_witnesses if args.min_witnesses is not None else (1 if witness_keys else 0)
+    )
     from relay.trust import Trust
     from relay.verify import render, verify_export
+    from relay.verify_proofs import load_note_keys
 
+    note_keys = load_note_keys(
+        args.note_key or [k for k in [os.environ.get("FLAGTRAIL_NOTE_KEYS")] if k]
+    )
     trust = (
         Trust()
         if args.chain_only
@@ -288,6 +322,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         trust=trust,
         previous=Path(args.previous) if args.previous else None,
         chain_only=args.chain_only,
+        tsa_certs=() if args.chain_only else trusted_tsa_certs(args.tsa_cert),
+        witness_keys=witness_keys,
+        min_witnesses=min_witnesses,
+        note_keys=note_keys,
     )
     print(render(report))
     return report.exit_code
@@ -311,6 +349,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     from relay.signing import generate_keypair
+
+    if args.type == "note":
+        from relay.tree import generate_note_key
+
+        private, public = generate_note_key(Path(args.out), args.name, args.force)
+        print(f"note key   : {private} (mode 0600; point FLAGTRAIL_NOTE_KEY_PATH at it)")
+        print(f"verifier   : {public} (give it to auditors: flagtrail verify --note-key)")
+        return 0
 
     private, public = generate_keypair(Path(args.out), args.type, args.force)
     print(f"private key: {private} (mode 0600; keep it secret, point AUDIT_SIGNING_KEY_PATH at it)")
@@ -609,6 +655,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the previous export's manifest: this manifest names its head, and carries "
         "the records between that head and this window (<stem>.link.jsonl) if any",
     )
+    p.add_argument(
+        "--tsa-url",
+        metavar="URL",
+        help="RFC 3161 time-stamping authority that stamps the manifest "
+        "(<stem>.manifest.json.tsr) [env FLAGTRAIL_TSA_URL]; when one is set and does not "
+        "answer, nothing is exported",
+    )
+    p.add_argument(
+        "--no-timestamp",
+        action="store_true",
+        help="export without a timestamp even when FLAGTRAIL_TSA_URL is set",
+    )
     _add_backends(p, outbox=False)
     p.set_defaults(func=cmd_export)
 
@@ -646,6 +704,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--previous",
         metavar="OLD.manifest.json",
         help="the previous export's manifest: check that this export continues its chain",
+    )
+    p.add_argument(
+        "--witness-key",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a trusted witness's cosignature key (name+hash+base64, as `flagtrail witness "
+        "keygen` wrote it), or a file of them; repeatable [env FLAGTRAIL_WITNESS_KEYS]",
+    )
+    p.add_argument(
+        "--min-witnesses",
+        type=int,
+        metavar="N",
+        help="how many of the --witness-key witnesses must have cosigned the package's "
+        "checkpoint (default 1 when a witness key is given)",
+    )
+    p.add_argument(
+        "--tsa-cert",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="a trusted TSA (or TSA CA) certificate: the manifest's RFC 3161 token must "
+        "chain to one, and a package without a token fails; repeatable "
+        "[env FLAGTRAIL_TSA_CERTS, paths separated by ':']",
+    )
+    p.add_argument(
+        "--note-key",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="the log's checkpoint verifier key (name+hash+base64, as `flagtrail keygen "
+        "--type note` wrote it), or a file of them; repeatable [env FLAGTRAIL_NOTE_KEYS]. "
+        "Then the package's Merkle checkpoint must be signed by it and its proofs hold",
     )
     p.add_argument(
         "--chain-only",
@@ -767,7 +858,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="create a signing key pair")
     p.add_argument("--out", default=".", help="folder for audit-private.pem and audit-public.pem")
     p.add_argument(
-        "--type", choices=["rsa", "ec"], default="rsa", help="RSA 3072 (default) or EC P-256"
+        "--type",
+        choices=["rsa", "ec", "note"],
+        default="rsa",
+        help="RSA 3072 (default) or EC P-256; note: the Ed25519 key that signs Merkle "
+        "checkpoints (note-private.key, note-public.vkey)",
+    )
+    p.add_argument(
+        "--name",
+        default="flagtrail.example",
+        help="--type note: the key's name, which starts each chain's checkpoint origin "
+        "(<name>/<chain>); default flagtrail.example",
     )
     p.add_argument("--force", action="store_true", help="replace an existing key pair")
     p.set_defaults(func=cmd_keygen)

@@ -26,6 +26,7 @@ DEFAULTS = {
     "FLAGTRAIL_PSEUDONYMS": "auto",  # auto: on for new chains; on; off
     "FLAGTRAIL_OUTBOX_RETENTION_DAYS": "30",
     "FLAGTRAIL_VAULT_RETENTION_DAYS": "730",
+    "FLAGTRAIL_NOTE_KEY_PATH": "note-private.key",
 }
 
 
@@ -45,6 +46,22 @@ def log_url(given: str | None = None) -> str:
 
 def identities_path(given: str | None = None) -> str:
     return setting("FLAGTRAIL_IDENTITIES", given)
+
+
+def tree_url(log: str, given: str | None = None) -> str:
+    """Where the chains' Merkle trees live (relay/tree.py): FLAGTRAIL_TREE_URL, else the
+    SQLite log's own file, else (a Kafka log) the outbox database."""
+    explicit = given or os.environ.get("FLAGTRAIL_TREE_URL")
+    if explicit:
+        return explicit
+    return log if log.startswith("sqlite:///") else outbox_url()
+
+
+def note_key_path(given: str | None = None) -> tuple[Path, bool]:
+    """The checkpoints' note signing key, and whether it was named (flag or
+    FLAGTRAIL_NOTE_KEY_PATH) rather than the default file."""
+    named = given or os.environ.get("FLAGTRAIL_NOTE_KEY_PATH")
+    return Path(named or DEFAULTS["FLAGTRAIL_NOTE_KEY_PATH"]), bool(named)
 
 
 def chain_id(given: str | None = None) -> str:

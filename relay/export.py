@@ -13,7 +13,8 @@ from typing import Any
 
 from flagtrail import __version__
 from producers.controls import CONTROL_ORDER
-from producers.errors import ConfigError, EvidenceError
+from producers.errors import BackendUnavailable, ConfigError, EvidenceError
+from relay import stamping
 from relay.canonical import (
     GENESIS,
     LineError,
@@ -30,6 +31,7 @@ from relay.manifest import (
     WindowFacts,
     anchor_of,
     describe,
+    manifest_bytes,
     meta_event,
     parse_manifest,
     rotation_problem,
@@ -37,9 +39,11 @@ from relay.manifest import (
     window_bounds,
     write_signed,
 )
+from relay.package_proofs import write_proofs
 from relay.signing import fingerprint, load_private_key, public_pem, sign_digest
 from relay.statements import CheckedGapFinder
 from relay.summary import format_summary
+from relay.tree import TreeStore
 
 __all__ = ["ExportError", "PackagePaths", "export_window", "window_bounds"]
 
@@ -192,8 +196,12 @@ def export_window(
     progress: Callable[[int], None] | None = None,
     previous: Path | None = None,
     lag_threshold_s: float = DEFAULT_LAG_THRESHOLD_S,
+    tsa_url: str | None = None,
+    tree: TreeStore | None = None,
 ) -> tuple[PackagePaths, dict[str, Any]]:
-    """Write the evidence package for [start, end]; returns its paths and manifest."""
+    """Write the evidence package for [start, end]; returns its paths and manifest.
+    With the chain's Merkle ``tree``, the package carries its proofs (relay/package_proofs.py).
+    With ``tsa_url`` the manifest is timestamped (RFC 3161) or nothing is exported."""
     since, until = window_bounds(start, end)
     key = load_private_key(signing_key_path)  # fail before writing anything
     public_key = key.public_key()
@@ -263,13 +271,41 @@ def export_window(
             "public_key_fingerprint": key_fingerprint,
             "previous_export": None,
             "link": None,
+            "timestamp": stamping.plan(tsa_url, paths) if tsa_url else None,
         }
     )
+    manifest["merkle"] = None
+    if tree is not None:
+        manifest["merkle"] = write_proofs(
+            tree,
+            audit_log,
+            paths.jsonl,
+            paths.proof,
+            facts.head["sequence"] if facts.head else 0,
+            facts.count,
+            old[0] if old else None,
+        )
+    if manifest["merkle"] is None:
+        paths.proof.unlink(missing_ok=True)  # a stale one from an earlier run binds nothing
     if old is not None:
         _link_previous(audit_log, manifest, old, paths, since, facts)
     if manifest["link"] is None:
         paths.link.unlink(missing_ok=True)  # a stale one from an earlier run binds nothing
+    token = None
+    if manifest["timestamp"] is not None:
+        try:
+            token = stamping.obtain(manifest["timestamp"], manifest_bytes(manifest))
+        except EvidenceError:
+            stamping.discard_package(paths)
+            raise
+        except BackendUnavailable as exc:
+            stamping.discard_package(paths)
+            raise stamping.stamp_failed(exc) from None
     write_signed(paths.manifest, paths.manifest_signature, manifest, key)
+    if token is None:
+        stamping.token_path(paths).unlink(missing_ok=True)  # a stale one stamps nothing here
+    else:
+        stamping.token_path(paths).write_bytes(token)
     return paths, manifest
 
 

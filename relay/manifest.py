@@ -36,10 +36,12 @@ NOT_DERIVED = frozenset(
         "chain_head_at_export",
         "previous_export",
         "link",
+        "merkle",
         "public_key",
         "public_key_fingerprint",
         "statements_after_window",
         "sha256",
+        "timestamp",  # RFC 3161: the TSA, the nonce and the token file (relay/stamping.py)
     }
 )
 
@@ -53,6 +55,7 @@ class PackagePaths:
     summary: Path
     public_key: Path
     link: Path
+    proof: Path  # the Merkle proofs (relay/package_proofs.py)
 
     @classmethod
     def for_window(
@@ -71,6 +74,7 @@ class PackagePaths:
             jsonl.with_name(f"{stem}.summary.txt"),
             jsonl.with_name(PUBLIC_KEY_FILE),
             jsonl.with_name(f"{stem}.link.jsonl"),
+            jsonl.with_name(f"{stem}.proof.json"),
         )
 
 

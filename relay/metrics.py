@@ -121,6 +121,26 @@ class RelayMetrics(RelayObserver):
             "Resumes that found the log tampered, truncated or replaced (then rotated)",
             **labels,
         )
+        # witnesses are named by the operator's FLAGTRAIL_WITNESSES: a bounded label set
+        self.witness_cosignatures = Counter(
+            "flagtrail_witness_cosignatures_total",
+            "Checkpoints a witness cosigned",
+            ["witness"],
+            **labels,
+        )
+        self.witness_refusals = Counter(
+            "flagtrail_witness_refusals_total",
+            "Checkpoints a witness refused: it cosigned a history this log does not extend "
+            "(the log was rewritten or forked)",
+            ["witness"],
+            **labels,
+        )
+        self.witness_errors = Counter(
+            "flagtrail_witness_errors_total",
+            "Checkpoints a witness could not be asked to cosign (unreachable)",
+            ["witness"],
+            **labels,
+        )
         self.quarantined = Counter(
             "flagtrail_quarantined_rows_total",
             "Outbox rows the relay could not seal, chained as quarantined meta-events",
@@ -206,6 +226,15 @@ class RelayMetrics(RelayObserver):
 
     def chain_check_failed(self) -> None:
         self.chain_failures.inc()
+
+    def witness_cosigned(self, witness: str) -> None:
+        self.witness_cosignatures.labels(witness).inc()
+
+    def witness_refused(self, witness: str) -> None:
+        self.witness_refusals.labels(witness).inc()
+
+    def witness_unreachable(self, witness: str) -> None:
+        self.witness_errors.labels(witness).inc()
 
     def heartbeat(self, ok: bool) -> None:
         self._beat, self._ok = time.monotonic(), ok

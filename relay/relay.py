@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -46,6 +46,10 @@ from relay.quarantine import (
     payload_bytes,
     quarantine_record,
 )
+from relay.tree import TreeMismatch, TreeWriter
+
+if TYPE_CHECKING:
+    from relay.witness.client import WitnessClient
 
 log = structlog.get_logger("flagtrail.relay")
 
@@ -94,6 +98,9 @@ class RelayObserver:
     def rotated(self, record: dict[str, Any]) -> None: ...
     def heartbeat(self, ok: bool) -> None: ...
     def clock_skew(self, count: int) -> None: ...
+    def witness_cosigned(self, witness: str) -> None: ...
+    def witness_refused(self, witness: str) -> None: ...
+    def witness_unreachable(self, witness: str) -> None: ...
 
 
 def now_us() -> int:
@@ -313,8 +320,16 @@ class Relay:
         observer: RelayObserver | None = None,
         clock_skew_tolerance_s: float = DEFAULT_CLOCK_SKEW_TOLERANCE_S,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        tree: TreeWriter | None = None,
+        witnesses: WitnessClient | None = None,
     ) -> None:
         self.source = source
+        self.tree = tree
+        self.witnesses = witnesses
+        if witnesses is not None:
+            witnesses.observer = self  # forwards to self.observer, which may be set later
+            if tree is not None:  # each new checkpoint, sent on the client's own thread
+                tree.on_checkpoint.append(witnesses.submit)
         self.log = audit_log
         self.batch_size = batch_size
         self.observer = observer or RelayObserver()
@@ -368,6 +383,8 @@ class Relay:
             )
             if repaired:
                 log.info("relay.repaired_marks", rows=repaired, through=self.head.position.encode())
+        if self.tree is not None:
+            self._tree_step(self.tree.catch_up, self.log)
         log.info(
             "relay.resumed",
             chain=self.source.chain_id,
@@ -458,6 +475,8 @@ class Relay:
             self.resume()
             return None
         appended_at = time.time()
+        if self.tree is not None:
+            self._tree_step(self.tree.extend, entries)
         last = entries[-1]
         new_head = ChainHead(last.sequence, last.record_hash, last.timestamp_utc, last.position)
         self._stage = "outbox"
@@ -511,11 +530,41 @@ class Relay:
         if skewed:
             self.observer.clock_skew(skewed)
 
+    def _tree_step(self, step: Callable[..., Any], *args: Any) -> None:
+        """Run a step of the Merkle tree. A tree that no longer matches the log stops
+        following it (and signs no more checkpoints): an alarm, never a silent rebuild
+        over rewritten records. The relay goes on relaying; the chain check and export
+        say the rest."""
+        self._stage = "tree"
+        try:
+            step(*args)
+        except TreeMismatch as exc:
+            self.observer.chain_check_failed()
+            log.error("relay.tree_mismatch", chain=self.source.chain_id, reason=str(exc))
+
+    def witness_cosigned(self, witness: str) -> None:
+        self.observer.witness_cosigned(witness)
+
+    def witness_refused(self, witness: str) -> None:
+        self.observer.witness_refused(witness)
+
+    def witness_unreachable(self, witness: str) -> None:
+        self.observer.witness_unreachable(witness)
+
+    def checkpoint_tree(self, force: bool = False) -> None:
+        """Sign a checkpoint if one is due (or ``force``): an idle one is a heartbeat."""
+        if self.tree is not None:
+            self._tree_step(self.tree.maybe_checkpoint, force)
+
     def drain(self) -> int:
-        """Relay everything committed now; returns how many records were appended."""
+        """Relay everything committed now; returns how many records were appended. Ends
+        with a checkpoint of the tree, so that an export can prove the records drained."""
         total = 0
         while (result := self.relay_batch()) is not None:
             total += result.count
+        self.checkpoint_tree(force=True)
+        if self.witnesses is not None:
+            self.witnesses.flush()  # `relay --once` exits with its checkpoint witnessed
         return total
 
     def run(
@@ -571,6 +620,7 @@ class Relay:
                     self.observer.backlog(self.source.backlog())
                 failures, worked = self._round_ok(failures), True
                 if result is None:
+                    self.checkpoint_tree()  # idle: a heartbeat when one is due
                     # an idle relay still probes the log, so an outage shows while no
                     # rows flow (Kafka: raises once librdkafka reports every broker down)
                     self._stage = "log"

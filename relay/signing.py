@@ -40,17 +40,22 @@ def generate_keypair(
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    write_private_file(private_path, pem)
+    public_path.write_bytes(public_pem(key.public_key()))
+    return private_path, public_path
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write a secret readable by its owner only (0600), atomically."""
     # O_CREAT's mode applies only to a new file: an overwritten key keeps the old
     # file's mode, so write a fresh 0600 file beside it and rename it over the old one
-    partial = private_path.with_name(private_path.name + ".new")
+    partial = path.with_name(path.name + ".new")
     partial.unlink(missing_ok=True)
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         os.fchmod(f.fileno(), 0o600)  # whatever the umask
-        f.write(pem)
-    os.replace(partial, private_path)
-    public_path.write_bytes(public_pem(key.public_key()))
-    return private_path, public_path
+        f.write(data)
+    os.replace(partial, path)
 
 
 def fingerprint_of_der(der: bytes) -> str:

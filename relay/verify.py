@@ -25,11 +25,12 @@ import hashlib
 import multiprocessing
 import os
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from producers.errors import EXIT_OK, EXIT_TAMPERED, EXIT_UNTRUSTED_KEY, ConfigError, EvidenceError
 from relay.canonical import (
@@ -59,10 +60,17 @@ from relay.manifest import (
     summary_sha256,
     window_stem,
 )
+from relay.proofs.note import Ed25519Verifier
 from relay.signing import PublicKey, fingerprint, load_public_key, signature_valid
 from relay.statements import CheckedGapFinder, is_automatic_rotation, operator_rotation_signed
 from relay.summary import format_summary
 from relay.trust import Trust
+from relay.verify_proofs import check_merkle
+
+if TYPE_CHECKING:
+    from cryptography.x509 import Certificate
+
+    from relay.witness.cosignature import CosignatureVerifier
 
 PARALLEL_THRESHOLD_BYTES = 8 * 1024 * 1024
 # records the gap analysis reads whole: they open or document gaps by themselves
@@ -146,6 +154,9 @@ class VerifyReport:
     trusted: bool = False
     chain_only: bool = False
     previous: str = "not checked (pass --previous OLD.manifest.json to check the link)"
+    timestamp: str = "not checked"
+    witnesses: str = "not checked (pass --witness-key VKEY and --min-witnesses N)"
+    merkle: str = "not checked"
 
     @property
     def intact(self) -> bool:
@@ -578,6 +589,20 @@ def _check_signatures(
     return signer
 
 
+def _check_timestamp(
+    report: VerifyReport,
+    paths: PackagePaths,
+    manifest: dict[str, Any],
+    manifest_data: bytes,
+    tsa_certs: Sequence[Certificate],
+) -> None:
+    from relay.stamping import check_package  # asn1crypto only when a package is checked
+
+    report.timestamp, problem = check_package(paths, manifest, manifest_data, tsa_certs)
+    if problem is not None:
+        report.fail(max(report.records, 1), f"timestamp: {problem}")
+
+
 # -- manifest facts ---------------------------------------------------------------------------
 def _statement_records(manifest: dict[str, Any], report: VerifyReport) -> list[dict[str, Any]]:
     """Gap statements written after the window travel in the manifest: each must be a
@@ -881,8 +906,15 @@ def verify_export(
     trust: Trust | None = None,
     previous: Path | None = None,
     chain_only: bool = False,
+    note_keys: list[Ed25519Verifier] | None = None,
+    tsa_certs: Sequence[Certificate] = (),
+    witness_keys: Sequence[CosignatureVerifier] = (),
+    min_witnesses: int = 0,
 ) -> VerifyReport:
-    """Check an export. ``pubkey`` (or ``trust``) names the trusted key(s)."""
+    """Check an export. ``pubkey`` (or ``trust``) names the trusted key(s); ``note_keys``
+    the log's trusted checkpoint keys (relay/verify_proofs.py); ``tsa_certs`` the TSA
+    certificates its RFC 3161 timestamp must chain to (none: not checked); ``witness_keys``
+    the witnesses of which ``min_witnesses`` must have cosigned its checkpoint."""
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -947,15 +979,30 @@ def verify_export(
             "the file's SHA-256 differs from the manifest's (the file was changed after export)",
         )
     signer = _check_signatures(report, paths, trust, manifest, manifest_data, file_digest)
+    _check_timestamp(report, paths, manifest, manifest_data, tsa_certs)
     if stitched is not None and report.finding is None:
         # statements count when signed by the key that signed the package (the export
         # judged them with it); an untrusted signer exits 4 whatever they say
         keys = [signer] if signer is not None else list(trust.keys)
         _recompute(report, stitched, manifest, keys, paths)
         _check_link_file(report, paths, manifest)
+        old_manifest = None
         if previous is not None and report.finding is None:
             old_manifest, old_data = _load_previous(previous, trust, signer, report)
             _check_previous(report, manifest, previous, old_manifest, old_data, stitched.probe_hash)
+        if report.finding is None:
+            try:
+                report.merkle = check_merkle(
+                    path, paths.proof, manifest, note_keys or [], old_manifest
+                )
+            except EvidenceError as exc:
+                report.fail(max(report.records, 1), f"Merkle proofs: {exc}")
+        if report.finding is None:
+            from relay.witness.package import check_witnesses
+
+            report.witnesses, problem = check_witnesses(manifest, witness_keys, min_witnesses)
+            if problem is not None:
+                report.fail(max(report.records, 1), f"witnesses: {problem}")
     return report
 
 
@@ -997,5 +1044,8 @@ def render(report: VerifyReport) -> str:
     lines.append(f"Signature: {report.signature}")
     if not report.chain_only:
         lines.append(f"Previous export: {report.previous}")
+        lines.append(f"Timestamp: {report.timestamp}")
+        lines.append(f"Merkle proofs: {report.merkle}")
+        lines.append(f"Witnesses: {report.witnesses}")
     lines.extend(f"Finding: {f}" for f in report.findings)
     return "\n".join(lines)

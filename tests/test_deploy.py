@@ -67,6 +67,8 @@ def test_alerts_cover_what_operators_and_auditors_need() -> None:
         "FlagtrailQuarantinedRows",
         "FlagtrailProducerClockSkew",
         "FlagtrailRelayBackendOutage",
+        "FlagtrailWitnessRefusedCheckpoint",
+        "FlagtrailWitnessUnreachable",
     }
     for group in rules["groups"]:
         for rule in group["rules"]:

@@ -18,6 +18,8 @@ MODULES: tuple[str, ...] = (
     "report",
     "identity",
     "retention",
+    "checkpoint",
+    "witness",
 )
 
 

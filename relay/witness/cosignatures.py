@@ -1,0 +1,113 @@
+"""The witnesses' cosignatures, kept beside the checkpoints they cosign.
+
+Table ``checkpoint_cosignatures`` in the Merkle tree's database (relay.tree), keyed
+like ``merkle_checkpoints`` (chain, tree size, signing time) plus the witness; on
+SQLite it refuses UPDATE and DELETE as the tree's tables do. An export's checkpoint
+is the relay's signed note with these lines appended (a note may carry any number of
+signatures), so `flagtrail verify --witness-key` and any C2SP client read them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text, inspect, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from producers.errors import BackendUnavailable
+from relay.proofs.checkpoint import parse_checkpoint, signed_time
+from relay.proofs.note import split_note
+from relay.tree import TreeStore
+
+_metadata = MetaData()
+cosignatures_table = Table(
+    "checkpoint_cosignatures",
+    _metadata,
+    Column("chain_id", String(64), primary_key=True),
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("signed_at", String(32), primary_key=True),
+    Column("witness", String(255), primary_key=True),
+    Column("line", Text, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+)
+_SQLITE_APPEND_ONLY = [
+    f"CREATE TRIGGER IF NOT EXISTS checkpoint_cosignatures_refuses_{verb.lower()} "
+    f"BEFORE {verb} ON checkpoint_cosignatures BEGIN SELECT RAISE(ABORT, "
+    f"'flagtrail cosignatures are append-only: {verb} refused'); END"
+    for verb in ("UPDATE", "DELETE")
+]
+
+
+def _key(note: bytes) -> tuple[int, str]:
+    checkpoint = parse_checkpoint(split_note(note)[0])
+    return checkpoint.size, signed_time(checkpoint) or ""
+
+
+class CosignatureStore:
+    def __init__(self, engine: Engine, chain_id: str, *, read_only: bool = False) -> None:
+        self.engine = engine
+        self.chain_id = chain_id
+        try:
+            if read_only:
+                self.exists = "checkpoint_cosignatures" in inspect(engine).get_table_names()
+            else:
+                _metadata.create_all(engine)
+                if engine.dialect.name == "sqlite":
+                    with engine.begin() as conn:
+                        for statement in _SQLITE_APPEND_ONLY:
+                            conn.exec_driver_sql(statement)
+                self.exists = True
+        except SQLAlchemyError as exc:
+            raise BackendUnavailable(f"the cosignature store cannot be opened: {exc}") from exc
+
+    def add(self, note: bytes, witness: str, line: str) -> None:
+        size, signed_at = _key(note)
+        row = {
+            "chain_id": self.chain_id,
+            "tree_size": size,
+            "signed_at": signed_at,
+            "witness": witness,
+            "line": line,
+            "received_at": int(time.time()),
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(cosignatures_table.insert(), row)
+        except IntegrityError:
+            pass  # this witness's cosignature of this checkpoint is already kept
+
+    def lines(self, note: bytes) -> list[str]:
+        if not self.exists:
+            return []
+        size, signed_at = _key(note)
+        c = cosignatures_table.c
+        query = (
+            select(c.line)
+            .where(c.chain_id == self.chain_id, c.tree_size == size, c.signed_at == signed_at)
+            .order_by(c.witness)
+        )
+        with self.engine.connect() as conn:
+            return [str(line) for line in conn.execute(query).scalars()]
+
+    def attach(self, note: bytes) -> bytes:
+        """The note with every kept cosignature line appended (none twice)."""
+        present = set(note.decode().split("\n"))
+        extra = [line for line in self.lines(note) if line.rstrip("\n") not in present]
+        return note + "".join(extra).encode()
+
+
+class CosignedTreeStore:
+    """A read-only view of a TreeStore whose latest checkpoint carries its witnesses'
+    cosignatures: what an export puts in its package."""
+
+    def __init__(self, store: TreeStore) -> None:
+        self._store = store
+        self._cosignatures = CosignatureStore(store.engine, store.chain_id, read_only=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def latest_checkpoint(self) -> bytes | None:
+        note = self._store.latest_checkpoint()
+        return None if note is None else self._cosignatures.attach(note)
