@@ -32,11 +32,15 @@ FLAGTRAIL = [sys.executable, "-m", "flagtrail.cli"]
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.startswith("FLAGTRAIL_") and not name.startswith("FLAGTRAIL_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.delenv("AUDIT_SIGNING_KEY_PATH", raising=False)
+    # a new chain pseudonymises with key files made on first use: keep them in the test's
+    # folder, never in the checkout (the default is the current folder)
+    monkeypatch.setenv("FLAGTRAIL_PSEUDONYM_KEY_PATH", str(tmp_path / "pseudonym.key"))
+    monkeypatch.setenv("FLAGTRAIL_VAULT_KEY_PATH", str(tmp_path / "vault.key"))
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from relay.logs import open_log
 from relay.outbox import open_outbox_source
 from relay.relay import Relay
 from tests.conftest import SteppingClock, run_cli
+from tests.pseudonymised import alias
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -312,8 +313,8 @@ def test_changes_lists_every_field_and_blocked_attempts_apart(
         "environment_class",
     }
     assert (first["actor"], first["approver"], first["before"], first["after"]) == (
-        "alice@example.com",
-        "bob@example.com",
+        alias(workdir, "alice@example.com"),  # a new chain stores pseudonyms
+        alias(workdir, "bob@example.com"),
         {"enabled": False},
         {"enabled": True},
     )

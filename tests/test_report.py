@@ -106,7 +106,11 @@ def package(
     folder = tmp_path_factory.mktemp("report")
     (folder / "identities.toml").write_text(IDENTITIES)
     engine = settings.make_engine(f"sqlite:///{folder / 'outbox.db'}")
-    outbox = Outbox(engine, str(folder / "identities.toml"))
+    # a chain that stores names (one made before pseudonyms, or FLAGTRAIL_PSEUDONYMS=off):
+    # the page must escape whatever people typed, names included
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FLAGTRAIL_PSEUDONYMS", "off")
+        outbox = Outbox(engine, str(folder / "identities.toml"))
     changes = [
         change(action="create", before=None, after={"enabled": False}, reason=SCRIPT),
         change(flag_key=IMG, before=None, after=True, change_ref="CHG-2"),

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from producers import FlagChange, InvalidChange, Outbox
+from producers.pseudonyms import pseudonym
 from producers.schema import outbox as outbox_table
 from tests.conftest import make_outbox
 
@@ -34,7 +35,8 @@ def test_directory_identities_are_recorded_as_such(sqlite_engine: Engine, workdi
     with sqlite_engine.connect() as conn:
         (payload,) = conn.execute(select(outbox_table.c.payload)).scalars()
     record = json.loads(payload)
-    assert record["approver"] == "bob@example.com"  # the alias resolved, as before
+    # the alias resolved, as before, then pseudonymised on this new chain
+    assert record["approver"] == pseudonym(outbox.privacy.pseudonym_key.material, "bob@example.com")
     directory = {"method": "directory", "issuer": None, "key_id": None}
     assert record["auth"] == {"actor": directory, "approver": directory}
 

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, select
 
 from producers import FlagChange, Outbox, PolicyError
 from producers.oidc.replay import used_approvals
+from producers.pseudonyms import pseudonym
 from producers.schema import outbox as outbox_table
 from tests.conftest import run_cli
 from tests.oidc.conftest import Provider
@@ -84,7 +85,11 @@ def test_valid_tokens_record_the_verified_subjects_and_how(
         oidc_outbox.record(conn, attempt, actor_token=actor_token, approval_token=approval)
     (record,) = rows(sqlite_engine)
     assert record["action"] == "rollout"
-    assert (record["actor"], record["approver"]) == ("alice@example.com", "bob@example.com")
+    key = oidc_outbox.privacy.pseudonym_key.material  # a new chain stores pseudonyms
+    assert (record["actor"], record["approver"]) == (
+        pseudonym(key, "alice@example.com"),
+        pseudonym(key, "bob@example.com"),
+    )
     assert record["auth"]["actor"] == {
         "method": "oidc",
         "issuer": oidc_provider.issuer,
