@@ -252,6 +252,9 @@ def _status(report: Report) -> str:
             *(("Finding", finding) for finding in v.findings),
         ]
     rows.append(("Evidence file SHA-256", report.sha256))
+    breaks = len(report.listing.breaks) if report.listing is not None else 0
+    if breaks:  # intact evidence of a state nobody recorded: the auditor must see it here
+        rows.append(("Finding", f"{breaks} state continuity break(s): see State continuity"))
     css = "ok" if report.verified else "fail"
     table = "".join(
         f'<tr><th>{e(name)}</th><td class="mono{" finding" if name == "Finding" else ""}">'

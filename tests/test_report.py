@@ -201,6 +201,7 @@ def test_controls_count_changes_and_blocked_attempts_apart(
     assert "Production changes (4)" in page and "Blocked attempts (1)" in page
     assert "SOC2 CC8.1: production flag change requires a distinct approver" in page
     assert "State continuity (1 break(s))" in page
+    assert "1 state continuity break(s): see State continuity" in page  # in the status too
 
 
 def test_a_tampered_package_is_reported_in_red_and_exits_1(
@@ -318,6 +319,7 @@ def test_the_pdf_prints_through_chromium(package: Package, tmp_path: Path, chrom
     assert result.returncode == 0, result.stderr
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF-") and len(data) > 10_000
+    assert re.search(rb"/Type\s*/Page\b", data)  # at least one page was printed
 
 
 def test_trusted_keys_from_the_environment_are_honoured(package: Package, tmp_path: Path) -> None:
