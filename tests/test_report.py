@@ -280,7 +280,7 @@ def test_the_auditor_sees_the_answer_in_chromium(
     assert "<script" not in dom.lower() and "<img" not in dom.lower()  # no element was injected
     assert '&lt;script&gt;alert("owned")&lt;/script&gt;' in dom  # the reason, as text
     for must in (
-        "VERIFIED: chain intact, 6 records, signed by a trusted key",
+        "VERIFIED: chain intact, 6 records, signed by a trusted key; 1 finding(s) below",
         "SOC2 CC8.1: production flag change requires a distinct approver",
         "CHG-5",
         "alice@example.com",
