@@ -225,6 +225,10 @@ assert set(CHANGE_HEAD + CHANGE_DETAILS) == set(CHANGE_COLUMNS)
 assert set(BLOCKED_HEAD + BLOCKED_DETAILS) == set(BLOCKED_COLUMNS)
 
 
+def _breaks_of(report: Report) -> int:
+    return len(report.listing.breaks) if report.listing is not None else 0
+
+
 def _status(report: Report) -> str:
     v = report.verification
     if v is None:
@@ -233,8 +237,9 @@ def _status(report: Report) -> str:
     else:
         if v.ok:
             banner = f"VERIFIED: chain intact, {v.records} records, signed by a trusted key"
-            if v.findings:
-                banner += f"; {len(v.findings)} finding(s) below an auditor must read"
+            findings = len(v.findings) + (1 if _breaks_of(report) else 0)
+            if findings:
+                banner += f"; {findings} finding(s) below an auditor must read"
         elif v.finding is not None:
             banner = f"VERIFICATION FAILED: {v.finding}"
         else:
@@ -252,6 +257,9 @@ def _status(report: Report) -> str:
             *(("Finding", finding) for finding in v.findings),
         ]
     rows.append(("Evidence file SHA-256", report.sha256))
+    breaks = _breaks_of(report)
+    if breaks:  # intact evidence of a state nobody recorded: the auditor must see it here
+        rows.append(("Finding", f"{breaks} state continuity break(s): see State continuity"))
     css = "ok" if report.verified else "fail"
     table = "".join(
         f'<tr><th>{e(name)}</th><td class="mono{" finding" if name == "Finding" else ""}">'

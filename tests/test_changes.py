@@ -344,3 +344,42 @@ def test_gap_scan_lists_a_state_break_with_both_records(producer_log: Path) -> N
     lines = [line for line in result.stdout.splitlines() if "state_break" in line]
     assert len(lines) == 1 and "UNDOCUMENTED" in lines[0]
     assert "starts from before=" in result.stdout and "left it at after=" in result.stdout
+
+
+def test_env_matches_by_normalised_name_or_policy_class(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    write_chain(
+        path,
+        [
+            record(1, environment="prod", before=None, after=1),
+            record(2, environment="Production", before=None, after=2),
+            record(3, environment="staging", environment_class="non-production", after=3),
+            record(4, action="rejected", environment="live", meta={"status": 403}),
+        ],
+    )
+    production = list_changes(path, "production")
+    assert [c["sequence"] for c in production.changes] == [1, 2]
+    assert [b["sequence"] for b in production.blocked] == [4]
+    assert [c["sequence"] for c in list_changes(path, "PROD").changes] == [1]
+    assert [c["sequence"] for c in list_changes(path, "staging").changes] == [3]
+
+
+def test_the_signed_manifest_and_verify_do_not_change_with_state_breaks(
+    producer_log: Path, workdir: Path, rsa_keys: Path
+) -> None:
+    """Continuity is judged where every change is read (changes, report, gap scan);
+    export and verify derive the manifest's gaps as before, so older packages verify."""
+    from relay.verify import verify_export
+
+    with open_log(f"sqlite:///{producer_log}") as audit_log:
+        paths, manifest = export_window(
+            audit_log,
+            date(2026, 3, 2),
+            date(2026, 3, 2),
+            workdir / "out",
+            rsa_keys / "audit-private.pem",
+        )
+    assert len(list_changes(paths.jsonl).breaks) == 1
+    kinds = [g["kind"] for g in manifest["undocumented_gaps"] + manifest["documented_gaps"]]
+    assert "state_break" not in kinds
+    assert verify_export(paths.jsonl, rsa_keys / "audit-public.pem").ok

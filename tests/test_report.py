@@ -205,6 +205,7 @@ def test_controls_count_changes_and_blocked_attempts_apart(
     assert "Production changes (4)" in page and "Blocked attempts (1)" in page
     assert "SOC2 CC8.1: production flag change requires a distinct approver" in page
     assert "State continuity (1 break(s))" in page
+    assert "1 state continuity break(s): see State continuity" in page  # in the status too
 
 
 def test_a_tampered_package_is_reported_in_red_and_exits_1(
@@ -283,7 +284,7 @@ def test_the_auditor_sees_the_answer_in_chromium(
     assert "<script" not in dom.lower() and "<img" not in dom.lower()  # no element was injected
     assert '&lt;script&gt;alert("owned")&lt;/script&gt;' in dom  # the reason, as text
     for must in (
-        "VERIFIED: chain intact, 6 records, signed by a trusted key",
+        "VERIFIED: chain intact, 6 records, signed by a trusted key; 1 finding(s) below",
         "SOC2 CC8.1: production flag change requires a distinct approver",
         "CHG-5",
         "alice@example.com",
@@ -322,6 +323,7 @@ def test_the_pdf_prints_through_chromium(package: Package, tmp_path: Path, chrom
     assert result.returncode == 0, result.stderr
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF-") and len(data) > 10_000
+    assert re.search(rb"/Type\s*/Page\b", data)  # at least one page was printed
 
 
 def test_trusted_keys_from_the_environment_are_honoured(package: Package, tmp_path: Path) -> None:
