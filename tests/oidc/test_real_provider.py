@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from producers import FlagChange, Outbox, PolicyError
+from producers.oidc.approval import change_digest
 from producers.oidc.replay import used_approvals
 from producers.schema import outbox as outbox_table
 from tests.conftest import run_cli
@@ -448,7 +449,14 @@ def test_record_cli_takes_tokens_and_summary_counts_provider_changes(
     assert missing.returncode == 3 and "requires an actor token" in missing.stderr
     assert "Traceback" not in missing.stderr
     env["FLAGTRAIL_ACTOR_TOKEN"] = oidc_provider.token("alice@example.com")
-    approval = oidc_provider.token("bob@example.com", approves=attempt)
+    # the approval UI's entry, from `flagtrail approval-digest`, is what record checks
+    digest = run_cli(
+        "approval-digest", *args[1:4], '--after={"enabled": true}', "--json", cwd=workdir
+    )
+    assert digest.returncode == 0, digest.stderr
+    entry = json.loads(digest.stdout)
+    assert entry["change_digest"] == change_digest(attempt)
+    approval = oidc_provider.token("bob@example.com", details=[entry])
     done = run_cli(*args, f"--approval-token={approval}", cwd=workdir, env=env)
     assert done.returncode == 0, done.stderr
     again = run_cli(*args, f"--approval-token={approval}", cwd=workdir, env=env)
