@@ -279,7 +279,7 @@ def bench_oidc(lines: list[str], samples: int) -> None:
             provider.token("bob@example.com", "urn:flagtrail:es256", approves=change(n))
             for n in range(samples)
         ]
-        verifier = oidc.authenticator.verifier
+        verifier = oidc.identity_source.verifier
         verifier.keys.warm()
         plain, listed, proven, verify_two = [], [], [], []
         for n in range(samples):

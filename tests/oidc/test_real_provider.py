@@ -366,7 +366,7 @@ def test_key_rotation_refetches_once_for_a_new_key_and_drops_retired_keys(
 ) -> None:
     provider = rotating_provider
     outbox = make_outbox(sqlite_engine, workdir, provider, jwks_refetch_seconds=1)
-    keys = outbox.authenticator.verifier.keys
+    keys = outbox.identity_source.verifier.keys
 
     def record(actor_token: str, **overrides: Any) -> None:
         attempt = change(**overrides)
