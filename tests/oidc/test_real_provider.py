@@ -98,6 +98,17 @@ def test_valid_tokens_record_the_verified_subjects_and_how(
     assert "CC8.1" in record["soc2_controls"]
 
 
+def test_outside_production_an_actor_token_alone_is_enough(
+    oidc_outbox: Outbox, sqlite_engine: Engine, oidc_provider: Provider
+) -> None:
+    attempt = change(environment="staging", role="engineer", change_ref="")
+    with sqlite_engine.begin() as conn:
+        oidc_outbox.record(conn, attempt, actor_token=oidc_provider.token("carol@example.com"))
+    (record,) = rows(sqlite_engine)
+    assert record["actor"] == "carol@example.com" and record["approver"] is None
+    assert record["auth"]["actor"]["method"] == "oidc" and record["auth"]["approver"] is None
+
+
 def test_a_typed_name_that_is_not_the_tokens_subject_is_refused(
     oidc_outbox: Outbox, sqlite_engine: Engine, oidc_provider: Provider
 ) -> None:
