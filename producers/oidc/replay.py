@@ -25,6 +25,7 @@ used_approvals = Table(
     Column("event_id", String(64), nullable=False),
     Column("used_at_us", BigInteger, nullable=False),
     Column("expires_at_us", BigInteger, nullable=False),
+    sqlite_with_rowid=False,  # the key is the row: one B-tree, not a table and an index
 )
 
 
