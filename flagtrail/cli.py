@@ -144,7 +144,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     }
     with outbox.engine.begin() as conn:
         event_id = apply_change(conn, outbox, change, **tokens)
-    print(f"recorded {args.action} of {change.flag_key} in {args.env}: event {event_id}")
+    print(f"recorded {args.action} of {args.flag} in {args.env}: event {event_id}")
     return 0
 
 

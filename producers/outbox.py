@@ -14,7 +14,7 @@ from producers.errors import DuplicateEvent, InvalidChange, PolicyError
 from producers.events import FlagChange, canonical_json, change_record, event_record, utc_now
 from producers.identity import FileIdentityDirectory, IdentityProvider
 from producers.journal import journal_for
-from producers.oidc.authenticate import Authenticator
+from producers.oidc.authenticate import identity_source
 from producers.oidc.replay import spend_approval, unspend_approval
 from producers.oidc.tokens import TokenVerifier
 from producers.policy import Policy, Violation, evaluate, load_policy
@@ -95,8 +95,8 @@ class Outbox:
 
             identities = FileIdentityDirectory(identities or identities_path())
         self.identities = identities
-        # identities: the directory, or tokens from the policy's [oidc] provider
-        self.authenticator = Authenticator(
+        # who acted and approved: the directory, or the policy's [oidc] provider's tokens
+        self.identity_source = identity_source(
             self.policy.oidc, identities, self.policy.limits, token_verifier
         )
         if create_schema:
@@ -118,7 +118,7 @@ class Outbox:
         policy has an ``[oidc]`` table (producers/oidc/authenticate.py)."""
         change.validate_shape(self.policy.limits)
         env_class = self.policy.class_of(change.environment)  # undeclared: InvalidChange
-        established = self.authenticator.authenticate(
+        established = self.identity_source.authenticate(
             change, env_class, actor_token, approval_token
         )
         if isinstance(established, Violation):

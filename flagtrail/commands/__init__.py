@@ -20,6 +20,7 @@ MODULES: tuple[str, ...] = (
     "retention",
     "checkpoint",
     "witness",
+    "approval",
 )
 
 

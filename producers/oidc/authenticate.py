@@ -1,9 +1,11 @@
 """Who made and who approved a change, and how that was established.
 
-With no ``[oidc]`` table in the policy, identities are the names the control
-plane passes, checked against the TOML directory (producers/identity.py): the
-embedded default. With one, the actor's token and the approver's approval token
-are verified (producers/oidc/tokens.py) and their subjects replace the typed
+One interface, IdentitySource, with two implementations; Outbox.record gets
+its one from ``identity_source(policy.oidc, ...)``. With no ``[oidc]`` table in
+the policy, identities are the names the control plane passes, checked against
+the TOML directory (producers/identity.py): the embedded default. With one, the
+actor's token and the approver's approval token are verified
+(producers/oidc/tokens.py) and their subjects replace the typed
 names, their groups (mapped by ``[oidc.group_roles]``) are the roles the policy
 checks, and the approval must be bound to this change (approval.py). With
 ``require_tokens = false`` a missing token falls back to the directory for that
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from producers.errors import InvalidChange
 from producers.events import FlagChange
@@ -93,25 +95,9 @@ def _refused(rule: str, message: str) -> Violation:
     return Violation(rule, TOKEN_CONTROL, f"SOC2 {TOKEN_CONTROL}: {message}")
 
 
-class Authenticator:
-    def __init__(
-        self,
-        settings: OidcSettings | None,
-        directory: IdentityProvider,
-        limits: Limits,
-        verifier: TokenVerifier | None = None,
-    ) -> None:
-        self.settings = settings
-        self.directory = directory
-        self.limits = limits
-        self._verifier = verifier
-
-    @property
-    def verifier(self) -> TokenVerifier:
-        if self._verifier is None:
-            assert self.settings is not None
-            self._verifier = TokenVerifier(self.settings)
-        return self._verifier
+class IdentitySource(Protocol):
+    """Establishes who made and who approved a change: the one interface behind which
+    the directory and the OpenID Connect provider sit (Outbox.record calls it)."""
 
     def authenticate(
         self,
@@ -121,16 +107,68 @@ class Authenticator:
         approval_token: str | None,
     ) -> Authentication | Violation:
         """The change with established identities, or the Violation refusing it."""
-        settings = self.settings
-        if settings is None:
-            if actor_token or approval_token:
-                raise InvalidChange(
-                    "a token was given but the policy names no [oidc] provider to verify it"
-                )
-            approver_auth = DIRECTORY_AUTH if change.approver else None
-            return Authentication(
-                change, self.directory, {"actor": DIRECTORY_AUTH, "approver": approver_auth}, None
+        ...
+
+
+class DirectorySource:
+    """The embedded default: names as typed, checked against the TOML directory."""
+
+    def __init__(self, directory: IdentityProvider) -> None:
+        self.directory = directory
+
+    def authenticate(
+        self,
+        change: FlagChange,
+        env_class: EnvironmentClass,
+        actor_token: str | None,
+        approval_token: str | None,
+    ) -> Authentication | Violation:
+        if actor_token or approval_token:
+            raise InvalidChange(
+                "a token was given but the policy names no [oidc] provider to verify it"
             )
+        approver_auth = DIRECTORY_AUTH if change.approver else None
+        return Authentication(
+            change, self.directory, {"actor": DIRECTORY_AUTH, "approver": approver_auth}, None
+        )
+
+
+def identity_source(
+    settings: OidcSettings | None,
+    directory: IdentityProvider,
+    limits: Limits,
+    verifier: TokenVerifier | None = None,
+) -> IdentitySource:
+    """The policy's identity source: its [oidc] provider when it names one."""
+    if settings is None:
+        return DirectorySource(directory)
+    return OidcSource(settings, directory, limits, verifier)
+
+
+class OidcSource:
+    """Identities the provider's tokens prove (with the directory as a fallback for a
+    missing token only when ``require_tokens = false``)."""
+
+    def __init__(
+        self,
+        settings: OidcSettings,
+        directory: IdentityProvider,
+        limits: Limits,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.limits = limits
+        self.verifier = verifier or TokenVerifier(settings)
+
+    def authenticate(
+        self,
+        change: FlagChange,
+        env_class: EnvironmentClass,
+        actor_token: str | None,
+        approval_token: str | None,
+    ) -> Authentication | Violation:
+        settings = self.settings
         needs_approval = env_class.requires_approval or bool(change.approver)
         if settings.require_tokens:
             if not actor_token:

@@ -112,21 +112,31 @@ class KeyCache:
         self._lock = threading.Lock()
         self._jwks_uri: str | None = None
         self._keys: dict[str, SigningKey] = {}
-        self._fetched_at: float | None = None
+        self._fetched_at: float | None = None  # last successful fetch
+        self._tried_at: float | None = None  # last attempt, successful or not
+        self._failure: str | None = None  # why the last attempt failed
         self.fetches = 0  # JWKS downloads so far (tests and metrics read it)
 
     def key(self, kid: str) -> SigningKey | None:
-        """The key named ``kid``, refetching once (rate-limited) when it is unknown."""
+        """The key named ``kid``, refetching once (rate-limited) when it is unknown.
+
+        Attempts are rate-limited too, failed ones included: while the provider is
+        down, a flood of tokens costs one fetch per interval, not one each."""
         now = self._monotonic()
-        fetched_at = self._fetched_at
+        fetched_at, tried_at = self._fetched_at, self._tried_at
+        recently_tried = (
+            tried_at is not None and now - tried_at < self.settings.jwks_refetch_seconds
+        )
         if fetched_at is not None and now - fetched_at < self.settings.jwks_max_age_seconds:
             found = self._keys.get(kid)
-            if found is not None:
-                return found
-            if now - fetched_at < self.settings.jwks_refetch_seconds:
-                return None  # refetched moments ago: an unknown kid stays unknown
+            if found is not None or recently_tried:
+                return found  # an unknown kid moments after a fetch stays unknown
+        elif recently_tried and self._failure is not None:
+            raise BackendUnavailable(self._failure)
         with self._lock:
-            if self._fetched_at != fetched_at:  # another thread refetched meanwhile
+            if self._tried_at != tried_at:  # another thread tried meanwhile
+                if self._failure is not None:
+                    raise BackendUnavailable(self._failure)
                 return self._keys.get(kid)
             self._refresh()
             return self._keys.get(kid)
@@ -137,9 +147,17 @@ class KeyCache:
             self._refresh()
 
     def _refresh(self) -> None:
-        if self._jwks_uri is None:
-            self._jwks_uri = self._discover()
-        self._keys = parse_jwks(self._fetch(self._jwks_uri, "JWKS"), self.settings)
+        self._tried_at = self._monotonic()
+        try:
+            if self._jwks_uri is None:
+                self._jwks_uri = self._discover()
+            keys = parse_jwks(self._fetch(self._jwks_uri, "JWKS"), self.settings)
+        except BackendUnavailable as exc:
+            # the old keys expire on schedule: a key the provider withdrew while it
+            # is unreachable must not stay trusted for the length of the outage
+            self._failure = str(exc)
+            raise
+        self._keys, self._failure = keys, None
         self._fetched_at = self._monotonic()
         self.fetches += 1
 

@@ -25,6 +25,7 @@ used_approvals = Table(
     Column("event_id", String(64), nullable=False),
     Column("used_at_us", BigInteger, nullable=False),
     Column("expires_at_us", BigInteger, nullable=False),
+    sqlite_with_rowid=False,  # the key is the row: one B-tree, not a table and an index
 )
 
 
@@ -60,7 +61,10 @@ def unspend_approval(conn: Connection, issuer: str, jti: str) -> None:
 
 
 def purge_spent_approvals(conn: Connection, expired_before_us: int) -> int:
-    """Forget approvals that expired before the given time (retention); returns rows."""
+    """Forget approvals that expired before the given time (retention); returns rows.
+
+    Pass now minus the policy's leeway_seconds: a token is accepted until
+    exp + leeway, so its row must outlive that."""
     result = conn.execute(
         delete(used_approvals).where(used_approvals.c.expires_at_us < expired_before_us)
     )

@@ -50,3 +50,34 @@ def test_a_token_without_a_provider_to_verify_it_is_refused(
         sqlite_engine.begin() as conn,
     ):
         outbox.record(conn, attempt(), actor_token="a.b.c")
+
+
+def test_a_change_counts_as_provider_authenticated_only_when_every_identity_was() -> None:
+    from collections import Counter
+
+    from relay.summary import CHANGES, OIDC, count_changes, format_summary
+
+    oidc = {"method": "oidc", "issuer": "https://idp", "key_id": "k"}
+    directory = {"method": "directory", "issuer": None, "key_id": None}
+    records = [
+        {"action": "update", "approver": "b", "auth": {"actor": oidc, "approver": oidc}},
+        {"action": "update", "approver": None, "auth": {"actor": oidc, "approver": None}},
+        {"action": "update", "approver": "b", "auth": {"actor": oidc, "approver": directory}},
+        {"action": "update", "approver": "b", "auth": {"actor": directory, "approver": oidc}},
+        {"action": "update", "approver": "b"},  # recorded before auth existed
+        {"action": "update", "approver": "b", "auth": "oidc"},  # malformed: not counted
+        {"action": "rejected", "approver": "b", "auth": {"actor": oidc, "approver": oidc}},
+    ]
+    changes: Counter[str] = Counter()
+    for record in records:
+        count_changes(record, changes)
+    assert (changes[OIDC], changes[CHANGES]) == (2, 6)
+    summary = format_summary(Counter({"CC6.1": 7}), None, (), changes)
+    assert summary == (
+        "SOC2 control coverage summary:\n CC6.1: 7 events\n"
+        "Flag changes authenticated by OpenID Connect: 2 of 6\n"
+    )
+    # no provider-authenticated change: the seed's format, untouched
+    assert format_summary(Counter({"CC6.1": 7}), None, (), Counter({CHANGES: 6})) == (
+        "SOC2 control coverage summary:\n CC6.1: 7 events\n"
+    )

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from producers import FlagChange, Outbox, PolicyError
+from producers.oidc.approval import change_digest
 from producers.oidc.replay import used_approvals
 from producers.pseudonyms import pseudonym
 from producers.schema import outbox as outbox_table
@@ -100,6 +101,17 @@ def test_valid_tokens_record_the_verified_subjects_and_how(
     assert approver["method"] == "oidc" and approver["algorithm"] == "ES256"
     assert approver["key_id"] == header(approval)["kid"] and approver["token_id"]
     assert "CC8.1" in record["soc2_controls"]
+
+
+def test_outside_production_an_actor_token_alone_is_enough(
+    oidc_outbox: Outbox, sqlite_engine: Engine, oidc_provider: Provider
+) -> None:
+    attempt = change(environment="staging", role="engineer", change_ref="")
+    with sqlite_engine.begin() as conn:
+        oidc_outbox.record(conn, attempt, actor_token=oidc_provider.token("carol@example.com"))
+    (record,) = rows(sqlite_engine)
+    assert record["actor"] == "carol@example.com" and record["approver"] is None
+    assert record["auth"]["actor"]["method"] == "oidc" and record["auth"]["approver"] is None
 
 
 def test_a_typed_name_that_is_not_the_tokens_subject_is_refused(
@@ -370,7 +382,7 @@ def test_key_rotation_refetches_once_for_a_new_key_and_drops_retired_keys(
 ) -> None:
     provider = rotating_provider
     outbox = make_outbox(sqlite_engine, workdir, provider, jwks_refetch_seconds=1)
-    keys = outbox.authenticator.verifier.keys
+    keys = outbox.identity_source.verifier.keys
 
     def record(actor_token: str, **overrides: Any) -> None:
         attempt = change(**overrides)
@@ -453,7 +465,14 @@ def test_record_cli_takes_tokens_and_summary_counts_provider_changes(
     assert missing.returncode == 3 and "requires an actor token" in missing.stderr
     assert "Traceback" not in missing.stderr
     env["FLAGTRAIL_ACTOR_TOKEN"] = oidc_provider.token("alice@example.com")
-    approval = oidc_provider.token("bob@example.com", approves=attempt)
+    # the approval UI's entry, from `flagtrail approval-digest`, is what record checks
+    digest = run_cli(
+        "approval-digest", *args[1:4], '--after={"enabled": true}', "--json", cwd=workdir
+    )
+    assert digest.returncode == 0, digest.stderr
+    entry = json.loads(digest.stdout)
+    assert entry["change_digest"] == change_digest(attempt)
+    approval = oidc_provider.token("bob@example.com", details=[entry])
     done = run_cli(*args, f"--approval-token={approval}", cwd=workdir, env=env)
     assert done.returncode == 0, done.stderr
     again = run_cli(*args, f"--approval-token={approval}", cwd=workdir, env=env)

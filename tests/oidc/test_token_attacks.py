@@ -314,3 +314,18 @@ def test_only_access_tokens_are_accepted_by_their_type() -> None:
 def test_an_expiry_years_ahead_is_refused() -> None:
     assert "a year ahead" in refused(sign(claims(exp=int(NOW) + 400 * 86400)))
     assert "a year ahead" in refused(sign(claims(exp=1e308)))
+
+
+def test_an_unreachable_provider_is_asked_once_per_interval_not_once_per_token() -> None:
+    calls: list[str] = []
+
+    def down(url: str, what: str) -> Any:
+        calls.append(url)
+        raise BackendUnavailable(f"cannot fetch the identity provider's {what} {url}")
+
+    config = settings()
+    v = TokenVerifier(config, KeyCache(config, down), clock=lambda: NOW)
+    for _ in range(20):
+        with pytest.raises(BackendUnavailable, match="cannot fetch"):
+            v.verify(sign(claims()))
+    assert len(calls) == 1
