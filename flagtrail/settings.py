@@ -20,6 +20,12 @@ DEFAULTS = {
     "FLAGTRAIL_IDENTITIES": "identities.toml",
     "FLAGTRAIL_CHAIN": "flag-audit",
     "AUDIT_SIGNING_KEY_PATH": "audit-private.pem",
+    # privacy (producers/privacy.py): keys outside the log and the database
+    "FLAGTRAIL_PSEUDONYM_KEY_PATH": "pseudonym.key",
+    "FLAGTRAIL_VAULT_KEY_PATH": "vault.key",
+    "FLAGTRAIL_PSEUDONYMS": "auto",  # auto: on for new chains; on; off
+    "FLAGTRAIL_OUTBOX_RETENTION_DAYS": "30",
+    "FLAGTRAIL_VAULT_RETENTION_DAYS": "730",
 }
 
 

@@ -23,8 +23,14 @@ canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 SCHEMA_VERSION = 1
 FLAG_ACTIONS = frozenset({"create", "update", "rollout", "delete"})
-META_ACTIONS = frozenset(
-    {"rejected", "sentinel_rotation", "gap_documented", "quarantined", "evidence_exported"}
+# identity_resolved / identity_erased / retention_applied: producers/identity_ops.py and
+# producers/retention.py; they name pseudonyms, never people
+IDENTITY_ACTIONS = frozenset({"identity_resolved", "identity_erased", "retention_applied"})
+META_ACTIONS = (
+    frozenset(
+        {"rejected", "sentinel_rotation", "gap_documented", "quarantined", "evidence_exported"}
+    )
+    | IDENTITY_ACTIONS
 )
 PRODUCTION = "production"
 EVENT_ID_MAX = 64  # the outbox column's width

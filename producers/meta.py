@@ -93,7 +93,10 @@ def check_public_meta(outbox: Outbox, conn: Any, record: dict[str, Any]) -> None
         raise _refuse(action, f"it is signed for chain {meta['chain_id']!r}, not this one")
     if record.get("actor") != meta[operator_key]:
         raise _refuse(action, f"actor must be the {operator_key}")
-    require_operator(outbox, conn, meta[operator_key], action)
+    operator = outbox.privacy.operator_identity(conn, meta[operator_key])
+    if operator is None:
+        raise _refuse(action, "this chain stores pseudonyms: name the operator by pseudonym")
+    require_operator(outbox, conn, operator, action)
 
 
 def require_operator(outbox: Outbox, conn: Any, who: str, action: str) -> None:
@@ -148,7 +151,8 @@ def request_rotation(outbox: Outbox, conn: Any, actor: str, reason: str, key: An
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidChange("a rotation needs a --reason")
     require_operator(outbox, conn, actor, "sentinel_rotation")
-    canonical = outbox.identities.resolve(actor) or actor
+    canonical = outbox.privacy.person(conn, outbox.identities.resolve(actor) or actor)
+    reason = outbox.privacy.redact(reason)
     meta = {
         "chain_id": outbox.chain_id,
         "reason": reason,
@@ -181,7 +185,8 @@ def document_gap(outbox: Outbox, conn: Any, statement: dict[str, Any], key: Any)
     require_operator(outbox, conn, statement["author"], "gap_documented")
     statement = {
         **statement,
-        "author": outbox.identities.resolve(statement["author"]),
+        "author": outbox.privacy.person(conn, outbox.identities.resolve(statement["author"])),
+        "reason": outbox.privacy.redact(statement["reason"]),
         "chain_id": outbox.chain_id,
     }
     signed = sign_statement(statement, GAP_SIGNED_FIELDS, key)

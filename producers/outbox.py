@@ -15,7 +15,9 @@ from producers.events import FlagChange, canonical_json, change_record, event_re
 from producers.identity import FileIdentityDirectory, IdentityProvider
 from producers.journal import journal_for
 from producers.policy import Policy, Violation, evaluate, load_policy
+from producers.privacy import Privacy
 from producers.schema import ensure_schema, outbox
+from producers.vault import ensure_vault_schema
 
 DEFAULT_CHAIN = "flag-audit"
 
@@ -86,6 +88,8 @@ class Outbox:
         self.identities = identities
         if create_schema:
             ensure_schema(engine)
+            ensure_vault_schema(engine)
+        self.privacy = Privacy(self)
 
     def record(self, conn: Connection, change: FlagChange) -> str:
         """Record ``change`` in the caller's transaction; returns the event_id."""
@@ -95,17 +99,25 @@ class Outbox:
         if violation is not None:
             self.reject(conn, change, violation)
         now = self.clock()
+        # the verified identities, not the spelling typed (aliases resolve to one), judged
+        # above and only now pseudonymised for storage (producers/privacy.py)
+        actor, approver, reason = self.privacy.protect(
+            conn,
+            self.identities.resolve(change.actor) or change.actor,
+            (self.identities.resolve(change.approver) or change.approver)
+            if change.approver
+            else None,
+            change.reason,
+        )
         record = change_record(
             change,
             chain_id=self.chain_id,
             recorded_at=now,
             action=change.action,
             controls=controls_for_change(env_class.requires_approval, change.approver),
-            # the verified identities, not the spelling typed (aliases resolve to one)
-            actor=self.identities.resolve(change.actor) or change.actor,
-            approver=(self.identities.resolve(change.approver) or change.approver)
-            if change.approver
-            else None,
+            actor=actor,
+            approver=approver,
+            reason=reason,
             environment_class=env_class.name,
         )
         if not _insert_new(conn, outbox_row(self.chain_id, record, now)):
@@ -169,6 +181,7 @@ class Outbox:
                 "message": violation.message,
             },
         )
+        self.privacy.protect_rejection(conn, record)
         self._write_independently(conn, record, now)
         raise PolicyError(violation.message, violation.rule, violation.control)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tomllib
 import unicodedata
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,8 @@ class Policy:
     default_class: str | None = None
     limits: Limits = field(default_factory=Limits)
     source: str = "the built-in policy"
+    # [privacy]: pseudonymisation and reason redaction (read by producers/privacy.py)
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     def class_of(self, environment: str) -> EnvironmentClass:
         """The environment's class; an undeclared environment is refused (400)."""
@@ -94,7 +97,7 @@ class Policy:
         )
 
 
-_TOP_KEYS = {"operator_roles", "default_class", "classes", "limits"}
+_TOP_KEYS = {"operator_roles", "default_class", "classes", "limits", "privacy"}
 _CLASS_KEYS = {"environments", "change_roles", "approve_roles", "requires_approval"}
 
 
@@ -161,7 +164,10 @@ def parse_policy(text: str, source: str) -> Policy:
         limits = Limits(**limits_data)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"policy {source} [limits]: {exc}") from None
-    return Policy(classes, operator_roles, default_class, limits, f"policy {source}")
+    privacy = data.get("privacy", {})
+    if not isinstance(privacy, dict):
+        raise ConfigError(f"policy {source}: [privacy] must be a table")
+    return Policy(classes, operator_roles, default_class, limits, f"policy {source}", privacy)
 
 
 def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:

@@ -29,6 +29,7 @@ from relay.outbox import open_outbox_source
 from relay.relay import Relay
 from relay.signing import load_private_key, load_public_key, signature_valid
 from tests.conftest import run_cli
+from tests.pseudonymised import alias
 
 
 def pending(outbox: Outbox) -> list[dict]:
@@ -62,7 +63,7 @@ def test_rotate_needs_an_operator_role_and_the_refusal_is_recorded(
         "not a known identity" in result.stderr and who.startswith("eve")
     )
     (rejected,) = pending(outbox)
-    assert rejected["action"] == "rejected" and rejected["actor"] == who
+    assert rejected["action"] == "rejected" and rejected["actor"] == alias(workdir, who)
     assert rejected["meta"]["attempted_action"] == "sentinel_rotation"
     assert "CC6.1" in rejected["soc2_controls"] and "CC7.2" in rejected["soc2_controls"]
 
@@ -109,7 +110,8 @@ def test_an_operator_rotation_is_signed_and_still_verifies_after_the_relay(
         (entry,) = list(audit_log.read())
     meta = json.loads(entry.line)["meta"]
     assert meta["signed_fields"] == ROTATION_SIGNED_FIELDS
-    assert meta["rotated_by"] == "bob@example.com" and meta["chain_id"] == outbox.chain_id
+    bob = alias(workdir, "bob@example.com")
+    assert meta["rotated_by"] == bob and meta["chain_id"] == outbox.chain_id
     assert meta["automatic"] is False and "previous_hash" in meta  # the relay's, unsigned
     assert meta["signing_key_fingerprint"].startswith("SHA256:")
     assert signature_holds(meta, rsa_keys / "audit-public.pem")
@@ -117,7 +119,9 @@ def test_an_operator_rotation_is_signed_and_still_verifies_after_the_relay(
     assert not signature_holds(meta, rsa_keys / "audit-public.pem")
 
 
-def test_a_gap_statement_names_its_signed_fields(outbox: Outbox, rsa_keys: Path) -> None:
+def test_a_gap_statement_names_its_signed_fields(
+    outbox: Outbox, rsa_keys: Path, workdir: Path
+) -> None:
     key = load_private_key(rsa_keys / "audit-private.pem")
     statement = gap_statement(
         datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC), "broker", "BOB"
@@ -126,7 +130,8 @@ def test_a_gap_statement_names_its_signed_fields(outbox: Outbox, rsa_keys: Path)
         document_gap(outbox, conn, statement, key)
     (record,) = pending(outbox)
     meta = record["meta"]
-    assert meta["signed_fields"] == GAP_SIGNED_FIELDS and meta["author"] == "bob@example.com"
+    assert meta["signed_fields"] == GAP_SIGNED_FIELDS
+    assert meta["author"] == alias(workdir, "bob@example.com")
     assert signature_holds(meta, rsa_keys / "audit-public.pem")
 
 
@@ -172,7 +177,17 @@ def test_the_public_meta_api_refuses_what_only_the_relay_may_write(
     assert pending(outbox) == []
 
 
-def test_record_meta_needs_a_signature_and_an_operator(outbox: Outbox, rsa_keys: Path) -> None:
+@pytest.fixture
+def plain_outbox(sqlite_engine: Engine, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Outbox:
+    """A chain that stores names (as chains made before pseudonyms do)."""
+    monkeypatch.setenv("FLAGTRAIL_PSEUDONYMS", "off")
+    return Outbox(sqlite_engine, str(workdir / "identities.toml"))
+
+
+def test_record_meta_needs_a_signature_and_an_operator(
+    plain_outbox: Outbox, rsa_keys: Path
+) -> None:
+    outbox = plain_outbox
     key = load_private_key(rsa_keys / "audit-private.pem")
     statement = {"from": "a", "to": "b", "reason": "r", "author": "x", "stated_at": "s"}
     statement["chain_id"] = outbox.chain_id
@@ -187,7 +202,8 @@ def test_record_meta_needs_a_signature_and_an_operator(outbox: Outbox, rsa_keys:
     assert [r["action"] for r in pending(outbox)] == ["rejected"]
 
 
-def test_record_meta_keeps_only_the_checked_parts(outbox: Outbox, rsa_keys: Path) -> None:
+def test_record_meta_keeps_only_the_checked_parts(plain_outbox: Outbox, rsa_keys: Path) -> None:
+    outbox = plain_outbox
     key = load_private_key(rsa_keys / "audit-private.pem")
     statement = {"from": "a", "to": "b", "reason": "r", "author": "bob@example.com"}
     statement["chain_id"] = outbox.chain_id

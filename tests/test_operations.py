@@ -23,6 +23,7 @@ from relay.verify import verify_export
 from tests.conftest import SteppingClock, free_port, run_cli, wait_for
 from tests.contracts import good_change
 from tests.crash import start_relay
+from tests.pseudonymised import alias
 
 SEED_SNIPPET = Path(__file__).resolve().parent / "seed" / "verify_chain.py"
 
@@ -90,7 +91,7 @@ def test_operator_rotation_links_to_the_record_before_it_and_is_reported(
     assert rotation["prev_hash"] == records[2]["hash"]
     assert rotation["meta"]["previous_sequence"] == 3
     assert rotation["meta"]["previous_hash"] == records[2]["hash"]
-    assert rotation["meta"]["rotated_by"] == "bob@example.com"
+    assert rotation["meta"]["rotated_by"] == alias(workdir, "bob@example.com")
     assert records[4]["prev_hash"] == rotation["hash"]
     assert [r["sequence"] for r in records] == [1, 2, 3, 4, 5, 6]
     paths, manifest = export_today(workdir, rsa_keys)
@@ -189,7 +190,7 @@ def test_outage_gap_is_found_documented_and_listed_in_the_manifest(
     assert scan.returncode == 0 and "documented by" in scan.stdout
     statement = log_records()[-1]
     assert statement["action"] == "gap_documented" and statement["prev_hash"] != "0" * 64
-    assert statement["meta"]["author"] == "bob@example.com"
+    assert statement["meta"]["author"] == alias(workdir, "bob@example.com")
     assert statement["meta"]["statement_signature"]
     _, manifest = export_today(workdir, rsa_keys)
     assert [g["kind"] for g in manifest["documented_gaps"]] == ["relay_outage"]

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from producers import FlagChange, InvalidChange, Outbox, PolicyError
 from producers.errors import ConfigError
 from producers.identity import SAMPLE_DIRECTORY, parse_directory
+from producers.pseudonyms import pseudonym
 from producers.policy import (
     DEFAULT_POLICY,
     DISTINCT_APPROVER_MESSAGE,
@@ -256,7 +257,9 @@ def test_outbox_maps_cc8_1_by_class_and_records_the_verified_identity(
     rows = open_outbox_source(sqlite_engine, outbox.chain_id).fetch_pending(None, 10)
     recorded, rejected = (json.loads(r.payload) for r in rows)  # nothing for prod-us
     assert "CC8.1" in recorded["soc2_controls"] and recorded["environment_class"] == "production"
-    assert recorded["approver"] == "bob@example.com" and recorded["environment"] == "Prod"
+    # the verified identity, stored as its pseudonym on a new chain (producers/privacy.py)
+    bob = pseudonym(outbox.privacy.pseudonym_key.material, "bob@example.com")
+    assert recorded["approver"] == bob and recorded["environment"] == "Prod"
     assert rejected["action"] == "rejected" and "CC8.1" in rejected["soc2_controls"]
     assert rejected["meta"]["message"] == DISTINCT_APPROVER_MESSAGE
 

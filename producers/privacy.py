@@ -1,0 +1,258 @@
+"""What the producer stores about people: keyed pseudonyms, and their vault entries.
+
+``Outbox.record`` judges a change on the verified identities, then calls
+``Privacy.protect``: on a pseudonymous chain the actor and approver become
+``id:<hex>`` (producers/pseudonyms.py) and each new subject is sealed into the
+vault (producers/vault.py); the reason passes the policy's redaction.
+
+Which chains are pseudonymous (``FLAGTRAIL_PSEUDONYMS``, default ``auto``):
+
+- ``auto``: a chain's first record decides. A chain with no outbox rows and no
+  relay checkpoint is new and stores pseudonyms; a chain that already has
+  records stores names as before. The decision is written to the outbox
+  database (``flagtrail_privacy_chains``) in the same transaction as that first
+  record, so it survives restarts and later outbox purges.
+- ``on``: pseudonyms from now on, also on a chain that has stored names so far.
+- ``off``: names on a chain that has not decided yet; refused on a chain that
+  stores pseudonyms (that would put names into it silently).
+
+Key files: on a pseudonymous chain the pseudonym key and the vault key are
+created (0600) on first use when the database has never seen one; once it has,
+a missing file or another key is a ConfigError, never a fresh key and never a
+raw name. ``flagtrail identity keygen`` creates both ahead of time, for
+deployments where several hosts must share them.
+"""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, event, select
+
+from producers.errors import ConfigError
+from producers.pseudonyms import SecretKey, create_key, is_pseudonym, pseudonym, read_key
+from producers.redaction import Redactor
+from producers.schema import outbox as outbox_table
+from producers.schema import relay_state
+from producers import vault
+
+if TYPE_CHECKING:
+    from producers.outbox import Outbox
+
+PSEUDONYMOUS, PLAIN = "pseudonymous", "plain"
+MODES = ("auto", "on", "off")
+
+
+def setting(name: str) -> str:
+    from flagtrail.settings import setting as read
+
+    return read(name)
+
+
+def load_or_create_key(conn: Connection, kind: str, path: Path) -> SecretKey:
+    """The key in ``path``; created only when this database never used a key of the kind."""
+    key = read_key(path, kind)
+    if key is None:
+        known = vault.known_key_id(conn, kind)
+        if known is not None:
+            variable = f"FLAGTRAIL_{kind.upper()}_KEY_PATH"
+            raise ConfigError(
+                f"{kind} key {path} is missing, but this database uses one ({known}): "
+                f"restore the file or point {variable} at it (a new key is never made "
+                "for data that already has one)"
+            )
+        key = create_key(path, kind)
+    vault.check_key(conn, key)
+    return key
+
+
+def key_path(kind: str) -> Path:
+    return Path(setting(f"FLAGTRAIL_{kind.upper()}_KEY_PATH"))
+
+
+class Privacy:
+    """One Outbox's view of its chain's privacy mode, keys and vault."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.redact = Redactor.from_policy(outbox.policy.privacy, outbox.policy.source)
+        self.setting = setting("FLAGTRAIL_PSEUDONYMS").strip().lower()
+        if self.setting not in MODES:
+            raise ConfigError(f"FLAGTRAIL_PSEUDONYMS={self.setting!r}: use auto, on or off")
+        self._pseudonymous: bool | None = None
+        self._pseudonym_key: SecretKey | None = None
+        self._vault_key: SecretKey | None = None
+        self._stored: dict[str, str] = {}  # pseudonym -> day its vault row was last marked
+        # subjects written inside a caller's transaction, known durable at its commit
+        self._pending: weakref.WeakKeyDictionary[Connection, set[str]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- mode and keys ---------------------------------------------------------------------
+    def pseudonymous(self, conn: Connection) -> bool:
+        if self._pseudonymous is None:
+            self._pseudonymous = self._decide(conn)
+        if self._pseudonymous and self._pseudonym_key is None:
+            self._pseudonym_key = load_or_create_key(conn, "pseudonym", key_path("pseudonym"))
+            self._vault_key = load_or_create_key(conn, "vault", key_path("vault"))
+        return self._pseudonymous
+
+    def _decide(self, conn: Connection) -> bool:
+        chain = self.outbox.chain_id
+        recorded = vault.chain_mode(conn, chain)
+        if recorded == PSEUDONYMOUS:
+            if self.setting == "off":
+                raise ConfigError(
+                    f"chain {chain!r} stores pseudonyms; FLAGTRAIL_PSEUDONYMS=off would put "
+                    "names into it: unset it or use a new chain"
+                )
+            return True
+        if recorded == PLAIN:
+            if self.setting == "on":
+                vault.switch_chain_mode(conn, chain, PSEUDONYMOUS, "FLAGTRAIL_PSEUDONYMS=on")
+                return True
+            return False
+        if self.setting != "auto":
+            mode, why = (PSEUDONYMOUS if self.setting == "on" else PLAIN), (
+                f"FLAGTRAIL_PSEUDONYMS={self.setting}"
+            )
+        elif self._has_history(conn):
+            mode, why = PLAIN, "the chain had records before pseudonyms existed"
+        else:
+            mode, why = PSEUDONYMOUS, "new chain"
+        return vault.record_chain_mode(conn, chain, mode, why) == PSEUDONYMOUS
+
+    def _has_history(self, conn: Connection) -> bool:
+        chain = self.outbox.chain_id
+        rows = select(outbox_table.c.id).where(outbox_table.c.chain_id == chain).limit(1)
+        relayed = select(relay_state.c.chain_id).where(relay_state.c.chain_id == chain)
+        return (
+            conn.execute(rows).first() is not None or conn.execute(relayed).first() is not None
+        )
+
+    @property
+    def pseudonym_key(self) -> SecretKey:
+        assert self._pseudonym_key is not None, "call pseudonymous(conn) first"
+        return self._pseudonym_key
+
+    @property
+    def vault_key(self) -> SecretKey:
+        assert self._vault_key is not None, "call pseudonymous(conn) first"
+        return self._vault_key
+
+    # -- people ----------------------------------------------------------------------------
+    def person(self, conn: Connection, identity: str, survive_rollback: bool = False) -> str:
+        """What the chain stores for ``identity``: its pseudonym (sealed into the vault)
+        on a pseudonymous chain, else the identity itself."""
+        if not self.pseudonymous(conn) or not identity:
+            return identity
+        alias = pseudonym(self.pseudonym_key.material, identity)
+        self._remember(conn, alias, identity, survive_rollback)
+        return alias
+
+    def protect(
+        self, conn: Connection, actor: str, approver: str | None, reason: str
+    ) -> tuple[str, str | None, str]:
+        """The stored actor, approver and reason of a change the policy accepted."""
+        return (
+            self.person(conn, actor),
+            self.person(conn, approver) if approver else approver,
+            self.redact(reason) if self.redact.active else reason,
+        )
+
+    def protect_rejection(self, conn: Connection, record: dict[str, Any]) -> None:
+        """A rejected attempt names who tried in its fields and its policy message:
+        both get the pseudonyms (the PolicyError raised to the caller keeps names)."""
+        if self.redact.active:
+            record["reason"] = self.redact(record["reason"])
+        if not self.pseudonymous(conn):
+            return
+        replaced: dict[str, str] = {}
+        for field in ("actor", "approver"):
+            typed = record.get(field)
+            if not typed:
+                continue
+            canonical = self.outbox.identities.resolve(typed) or typed
+            alias = self.person(conn, canonical, survive_rollback=True)
+            record[field] = alias
+            replaced.update({typed: alias, canonical: alias})
+        meta = record.get("meta")
+        if isinstance(meta, dict) and isinstance(meta.get("message"), str):
+            meta["message"] = scrub_names(meta["message"], replaced)
+
+    def operator_identity(self, conn: Connection, stated: str) -> str | None:
+        """The identity behind the operator a signed statement names (its pseudonym on
+        a pseudonymous chain, read back from the vault); the statement's own text when
+        it cannot be read back, so that the operator check refuses it; None when a
+        pseudonymous chain's statement names a person instead of a pseudonym."""
+        if not self.pseudonymous(conn):
+            return stated
+        if not is_pseudonym(stated):
+            return None
+        found = vault.lookup(conn, self.vault_key, [stated])[stated]
+        if found.identity is None or pseudonym(self.pseudonym_key.material, found.identity) != stated:
+            return stated
+        return found.identity
+
+    # -- the vault write ---------------------------------------------------------------------
+    def _remember(self, conn: Connection, alias: str, identity: str, survive: bool) -> None:
+        today = vault.day_of(vault.now_us())
+        if self._stored.get(alias) == today:
+            return
+        pending = self._pending.get(conn)
+        if pending is not None and alias in pending:
+            return
+        from producers.outbox import _sqlite_holds_write_lock
+
+        engine = self.outbox.engine
+        if not _sqlite_holds_write_lock(conn):
+            # its own transaction: durable at once, whatever the caller does next (a
+            # rejection's subject must resolve even when the caller rolls back)
+            with engine.begin() as own:
+                vault.store_subject(own, self.vault_key, alias, identity)
+            self._stored[alias] = today
+            return
+        # SQLite, and the caller holds the one write lock: a second connection would
+        # wait for it forever, so the row goes into the caller's transaction
+        vault.store_subject(conn, self.vault_key, alias, identity)
+        if pending is None:
+            pending = self._pending[conn] = set()
+            self._listen(conn, pending, today)
+        pending.add(alias)
+        if survive:
+            self._rescue_on_rollback(conn, alias, identity)
+
+    def _listen(self, conn: Connection, pending: set[str], today: str) -> None:
+        def committed(_conn: Connection) -> None:
+            self._stored.update(dict.fromkeys(pending, today))
+            pending.clear()
+
+        def rolled_back(_conn: Connection) -> None:
+            pending.clear()
+
+        event.listen(conn, "commit", committed)
+        event.listen(conn, "rollback", rolled_back)
+
+    def _rescue_on_rollback(self, conn: Connection, alias: str, identity: str) -> None:
+        """A rejection outlives the caller's transaction (producers/journal.py): its
+        subject's vault row must too, written on its own once the lock is released."""
+        engine, key = self.outbox.engine, self.vault_key
+
+        def rolled_back(rolling: Connection) -> None:
+            rolling.connection.driver_connection.rollback()  # releases the write lock
+            with engine.begin() as own:
+                vault.store_subject(own, key, alias, identity)
+
+        event.listen(conn, "rollback", rolled_back, once=True)
+
+
+def scrub_names(text: str, names: dict[str, str]) -> str:
+    """``text`` with each name (quoted as repr, as policy messages quote, or bare
+    when at least three characters long) replaced by its pseudonym."""
+    for name in sorted(names, key=len, reverse=True):
+        text = text.replace(repr(name), repr(names[name]))
+        if len(name) >= 3:
+            text = text.replace(name, names[name])
+    return text
