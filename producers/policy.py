@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import tomllib
 import unicodedata
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from producers.errors import ConfigError, InvalidChange
 from producers.events import FlagChange

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, event, select
 
+from producers import vault
 from producers.errors import ConfigError
 from producers.pseudonyms import SecretKey, create_key, is_pseudonym, pseudonym, read_key
 from producers.redaction import Redactor
 from producers.schema import outbox as outbox_table
 from producers.schema import relay_state
-from producers import vault
 
 if TYPE_CHECKING:
     from producers.outbox import Outbox
@@ -86,9 +86,7 @@ class Privacy:
         self._vault_key: SecretKey | None = None
         self._stored: dict[str, str] = {}  # pseudonym -> day its vault row was last marked
         # subjects written inside a caller's transaction, known durable at its commit
-        self._pending: weakref.WeakKeyDictionary[Connection, set[str]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._pending: weakref.WeakKeyDictionary[Connection, set[str]] = weakref.WeakKeyDictionary()
 
     # -- mode and keys ---------------------------------------------------------------------
     def pseudonymous(self, conn: Connection) -> bool:
@@ -115,8 +113,9 @@ class Privacy:
                 return True
             return False
         if self.setting != "auto":
-            mode, why = (PSEUDONYMOUS if self.setting == "on" else PLAIN), (
-                f"FLAGTRAIL_PSEUDONYMS={self.setting}"
+            mode, why = (
+                (PSEUDONYMOUS if self.setting == "on" else PLAIN),
+                (f"FLAGTRAIL_PSEUDONYMS={self.setting}"),
             )
         elif self._has_history(conn):
             mode, why = PLAIN, "the chain had records before pseudonyms existed"
@@ -128,9 +127,23 @@ class Privacy:
         chain = self.outbox.chain_id
         rows = select(outbox_table.c.id).where(outbox_table.c.chain_id == chain).limit(1)
         relayed = select(relay_state.c.chain_id).where(relay_state.c.chain_id == chain)
-        return (
-            conn.execute(rows).first() is not None or conn.execute(relayed).first() is not None
-        )
+        return conn.execute(rows).first() is not None or conn.execute(relayed).first() is not None
+
+    def existing_keys(self, conn: Connection) -> tuple[SecretKey, SecretKey]:
+        """Both keys for reading the vault back; never created here (nothing to read)."""
+        if self._pseudonym_key is None or self._vault_key is None:
+            keys = []
+            for kind in ("pseudonym", "vault"):
+                key = read_key(key_path(kind), kind)
+                if key is None:
+                    raise ConfigError(
+                        f"{kind} key {key_path(kind)} not found: point "
+                        f"FLAGTRAIL_{kind.upper()}_KEY_PATH at the key this database uses"
+                    )
+                vault.check_key(conn, key)
+                keys.append(key)
+            self._pseudonym_key, self._vault_key = keys
+        return self._pseudonym_key, self._vault_key
 
     @property
     def pseudonym_key(self) -> SecretKey:
@@ -192,7 +205,10 @@ class Privacy:
         if not is_pseudonym(stated):
             return None
         found = vault.lookup(conn, self.vault_key, [stated])[stated]
-        if found.identity is None or pseudonym(self.pseudonym_key.material, found.identity) != stated:
+        if (
+            found.identity is None
+            or pseudonym(self.pseudonym_key.material, found.identity) != stated
+        ):
             return stated
         return found.identity
 

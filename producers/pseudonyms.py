@@ -91,9 +91,7 @@ def read_key(path: Path, kind: str) -> SecretKey | None:
     except FileNotFoundError:
         return None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"{kind} key {path} is readable by other users: chmod 600 {path}"
-        )
+        raise ConfigError(f"{kind} key {path} is readable by other users: chmod 600 {path}")
     try:
         text = path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:

@@ -61,7 +61,9 @@ class Redactor:
 
 def _import_hook(name: object, source: str) -> Callable[[str], str]:
     if not isinstance(name, str) or ":" not in name:
-        raise ConfigError(f'{source} [privacy]: redact_hook must look like "package.module:function"')
+        raise ConfigError(
+            f'{source} [privacy]: redact_hook must look like "package.module:function"'
+        )
     module_name, _, attribute = name.partition(":")
     try:
         hook = getattr(importlib.import_module(module_name), attribute)

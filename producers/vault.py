@@ -114,8 +114,12 @@ def _upsert(conn: Connection, table: Table, row: dict[str, Any], update_cols: di
 # -- key files the database has seen ------------------------------------------------------
 def check_key(conn: Connection, key: SecretKey) -> None:
     """The first key of each kind is recorded; any other key file is refused."""
-    _upsert(conn, privacy_keys, {"kind": key.kind, "key_id": key.key_id,
-                                 "first_used_at_us": now_us()}, {})
+    _upsert(
+        conn,
+        privacy_keys,
+        {"kind": key.kind, "key_id": key.key_id, "first_used_at_us": now_us()},
+        {},
+    )
     known = conn.execute(
         select(privacy_keys.c.key_id).where(privacy_keys.c.kind == key.kind)
     ).scalar_one()
@@ -141,15 +145,22 @@ def chain_mode(conn: Connection, chain_id: str) -> str | None:
 
 def record_chain_mode(conn: Connection, chain_id: str, mode: str, why: str) -> str:
     """Record ``mode`` unless a mode is recorded; returns the recorded one."""
-    _upsert(conn, privacy_chains, {"chain_id": chain_id, "mode": mode,
-                                   "decided_at_us": now_us(), "why": why}, {})
+    _upsert(
+        conn,
+        privacy_chains,
+        {"chain_id": chain_id, "mode": mode, "decided_at_us": now_us(), "why": why},
+        {},
+    )
     return chain_mode(conn, chain_id) or mode
 
 
 def switch_chain_mode(conn: Connection, chain_id: str, mode: str, why: str) -> None:
-    _upsert(conn, privacy_chains, {"chain_id": chain_id, "mode": mode,
-                                   "decided_at_us": now_us(), "why": why},
-            {"mode": mode, "decided_at_us": now_us(), "why": why})
+    _upsert(
+        conn,
+        privacy_chains,
+        {"chain_id": chain_id, "mode": mode, "decided_at_us": now_us(), "why": why},
+        {"mode": mode, "decided_at_us": now_us(), "why": why},
+    )
 
 
 # -- subjects ------------------------------------------------------------------------------
@@ -215,7 +226,9 @@ def open_row(master: SecretKey, row: Any) -> str:
         ) from None
 
 
-def lookup(conn: Connection, master: SecretKey | None, pseudonyms: list[str]) -> dict[str, Resolution]:
+def lookup(
+    conn: Connection, master: SecretKey | None, pseudonyms: list[str]
+) -> dict[str, Resolution]:
     found: dict[str, Resolution] = {p: Resolution(p, unknown=True) for p in pseudonyms}
     for start in range(0, len(pseudonyms), 500):
         chunk = pseudonyms[start : start + 500]

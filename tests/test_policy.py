@@ -11,7 +11,6 @@ from sqlalchemy import Engine
 from producers import FlagChange, InvalidChange, Outbox, PolicyError
 from producers.errors import ConfigError
 from producers.identity import SAMPLE_DIRECTORY, parse_directory
-from producers.pseudonyms import pseudonym
 from producers.policy import (
     DEFAULT_POLICY,
     DISTINCT_APPROVER_MESSAGE,
@@ -20,6 +19,7 @@ from producers.policy import (
     load_policy,
     parse_policy,
 )
+from producers.pseudonyms import pseudonym
 from relay.outbox import open_outbox_source
 from tests.conftest import run_cli
 
