@@ -96,6 +96,9 @@ def fresh(name: str) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     (folder / "identities.toml").write_text(SAMPLE_DIRECTORY)
+    # a new chain pseudonymises by default: its keys stay in the bench folder
+    os.environ["FLAGTRAIL_PSEUDONYM_KEY_PATH"] = str(folder / "pseudonym.key")
+    os.environ["FLAGTRAIL_VAULT_KEY_PATH"] = str(folder / "vault.key")
     return folder
 
 
@@ -259,6 +262,51 @@ def producer_overhead(engine, folder: Path, label: str, samples: int) -> list[st
         f"{percentile(audited, 50):.3f} / {percentile(audited, 99):.3f} ms | "
         f"outbox adds {statistics.median(audited) - statistics.median(plain):+.3f} ms (p50) |",
     ]
+
+
+def bench_privacy(lines: list[str], batches: int = 300) -> None:
+    """Pseudonymising an identity: the HMAC alone, and Outbox.record's whole step with
+    a warm vault cache; then a flag write with Outbox.record, pseudonyms on vs off."""
+    from producers.pseudonyms import create_key, pseudonym
+
+    folder = fresh("privacy")
+    key = create_key(folder / "pseudonym.key", "pseudonym").material
+    names = [f"user-{n}@example.com" for n in range(1000)]
+    hmac_us = []
+    for _ in range(batches):
+        started = time.perf_counter()
+        for name in names:
+            pseudonym(key, name)
+        hmac_us.append((time.perf_counter() - started) / len(names) * 1e6)
+    engine = settings.make_engine(f"sqlite:///{folder / 'outbox.db'}")
+    outbox = Outbox(engine, str(folder / "identities.toml"))
+    people = names[:50]
+    with engine.begin() as conn:  # first sight: sealed into the vault, then cached
+        for name in people:
+            outbox.privacy.person(conn, name)
+    step_us = []
+    with engine.begin() as conn:
+        for _ in range(batches):
+            started = time.perf_counter()
+            for name in people:
+                outbox.privacy.person(conn, name)
+            step_us.append((time.perf_counter() - started) / len(people) * 1e6)
+    engine.dispose()
+    lines.append(
+        f"| pseudonymise an identity (HMAC-SHA256 of the NFC name), p50 / p99 per call | "
+        f"{percentile(hmac_us, 50):.2f} / {percentile(hmac_us, 99):.2f} µs | goal < 50 µs |"
+    )
+    lines.append(
+        f"| `Outbox.record`'s pseudonymising step per identity, warm vault cache, p50 / p99 | "
+        f"{percentile(step_us, 50):.2f} / {percentile(step_us, 99):.2f} µs | goal < 50 µs |"
+    )
+    for mode in ("off", "on"):
+        os.environ["FLAGTRAIL_PSEUDONYMS"] = mode
+        folder = fresh(f"privacy-{mode}")
+        engine = settings.make_engine(f"sqlite:///{folder / 'outbox.db'}")
+        lines.extend(producer_overhead(engine, folder, f"SQLite, pseudonyms {mode},", 2000))
+        engine.dispose()
+    del os.environ["FLAGTRAIL_PSEUDONYMS"]
 
 
 # -- scale: PostgreSQL + Kafka ---------------------------------------------------------------
@@ -428,19 +476,22 @@ def main() -> None:
     parser.add_argument(
         "parts",
         nargs="*",
-        metavar="{embedded,scale,verify}",
-        help="which benchmarks (default: embedded and scale; verify: only the verify ratios)",
+        metavar="{embedded,scale,verify,privacy}",
+        help="which benchmarks (default: embedded and scale; verify: only the verify ratios; "
+        "privacy: only the pseudonymisation costs, which embedded includes)",
     )
     parser.add_argument("--drain-events", type=int, default=100_000)
     parser.add_argument("--verify-events", type=int, default=300_000)
     parser.add_argument("--latency-seconds", type=int, default=60)
     args = parser.parse_args()
     args.parts = args.parts or ["embedded", "scale"]
-    if unknown := set(args.parts) - {"embedded", "scale", "verify"}:
+    if unknown := set(args.parts) - {"embedded", "scale", "verify", "privacy"}:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     lines = ["| benchmark | result | note |", "|---|---|---|"]
     if "embedded" in args.parts:
         bench_embedded(lines, args.drain_events, args.verify_events)
+    if "embedded" in args.parts or "privacy" in args.parts:
+        bench_privacy(lines)
     elif "verify" in args.parts:
         verify_vs_seed(lines, args.verify_events, all_non_ascii=False)
         verify_vs_seed(lines, args.verify_events, all_non_ascii=False, foreign=True)
