@@ -61,17 +61,17 @@ def test_pseudonyms_vault_and_erasure_on_postgresql(
     with pg_engine.begin() as conn:
         swapped = {r.pseudonym: r for r in conn.execute(select(vault))}
         conn.execute(
-            update(vault).where(vault.c.pseudonym == bob).values(
-                wrapped_key=swapped[alice].wrapped_key, ciphertext=swapped[alice].ciphertext
-            )
+            update(vault)
+            .where(vault.c.pseudonym == bob)
+            .values(wrapped_key=swapped[alice].wrapped_key, ciphertext=swapped[alice].ciphertext)
         )
     with pytest.raises(EvidenceError):
         resolve(outbox, "bob", [bob])
     with pg_engine.begin() as conn:
         conn.execute(
-            update(vault).where(vault.c.pseudonym == bob).values(
-                wrapped_key=swapped[bob].wrapped_key, ciphertext=swapped[bob].ciphertext
-            )
+            update(vault)
+            .where(vault.c.pseudonym == bob)
+            .values(wrapped_key=swapped[bob].wrapped_key, ciphertext=swapped[bob].ciphertext)
         )
     done = erase(outbox, "bob", "alice@example.com", "DSR-7")
     assert not done.already and erase(outbox, "bob", alice, "DSR-7").already
@@ -83,14 +83,16 @@ def test_pseudonyms_vault_and_erasure_on_postgresql(
 def test_concurrent_first_sight_of_one_subject(pg_engine: Engine, workdir: Path) -> None:
     outboxes = [Outbox(pg_engine, str(workdir / "identities.toml")) for _ in range(4)]
     with pg_engine.begin() as conn:  # decide the chain's mode and make the keys once
-        outboxes[0].record(conn, good_change(0, actor="bob@example.com", approver="alice"))
+        outboxes[0].record(
+            conn, good_change(0, actor="carol@example.com", role="engineer", environment="staging")
+        )
     errors: list[BaseException] = []
 
     def write(slot: int) -> None:
         try:
             with pg_engine.begin() as conn:
                 outboxes[slot].record(conn, good_change(slot + 1))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
@@ -101,9 +103,8 @@ def test_concurrent_first_sight_of_one_subject(pg_engine: Engine, workdir: Path)
     assert errors == []
     with pg_engine.connect() as conn:
         subjects = conn.execute(select(vault.c.pseudonym)).scalars().all()
-    assert sorted(subjects) == sorted(
-        {alias(workdir, "alice@example.com"), alias(workdir, "bob@example.com")}
-    )
+    people = ("alice@example.com", "bob@example.com", "carol@example.com")
+    assert sorted(subjects) == sorted(alias(workdir, who) for who in people)
 
 
 def test_retention_reads_the_kafka_topic_and_refuses_a_short_one(
