@@ -91,7 +91,9 @@ def _check_bound(found: vault.Resolution, key: bytes) -> None:
         raise EvidenceError(f"vault entry of {found.pseudonym} names someone else: it was altered")
 
 
-def resolve(outbox: Outbox, operator: str, pseudonyms: list[str]) -> dict[str, vault.Resolution]:
+def resolve(
+    outbox: Outbox, operator: str, pseudonyms: list[str], note: dict[str, Any] | None = None
+) -> dict[str, vault.Resolution]:
     """Names (or "erased on DATE", or unknown) for ``pseudonyms``, after chaining who
     asked: if the event cannot be written, no name is given."""
     bad = [p for p in pseudonyms if not is_pseudonym(p)]
@@ -115,7 +117,7 @@ def resolve(outbox: Outbox, operator: str, pseudonyms: list[str]) -> dict[str, v
             "identity_resolved",
             operator,
             "pseudonyms resolved for an auditor",
-            {"pseudonyms": wanted, **counts},
+            {"pseudonyms": wanted, **counts, **(note or {})},
         )
     return found
 
@@ -191,3 +193,61 @@ def _truncate_sqlite_wal(outbox: Outbox) -> None:
         return
     with outbox.engine.connect() as conn:
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+SIDECAR_SUFFIX = ".identities.json"
+
+
+def write_sidecar(
+    outbox: Outbox, operator: str, export: Path, signing_key: Any, out: Path | None = None
+) -> tuple[Path, Path]:
+    """A signed identity sidecar for an export: its pseudonyms resolved, bound to the
+    export by SHA-256, signed like the export (``openssl dgst -sha256 -verify``).
+
+    The sidecar is personal data for the auditor, never part of the chain: the export
+    verifies without it, and erasing a subject later does not reach copies handed out.
+    The resolve is chained (``identity_resolved``, naming the export's digest)."""
+    import hashlib
+
+    from producers.events import canonical_json
+    from relay.signing import fingerprint, sign_digest
+
+    try:
+        export_sha256 = hashlib.sha256(export.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ConfigError(f"cannot read export {export}: {exc.strerror}") from None
+    wanted = pseudonyms_in_file(export)
+    if not wanted:
+        raise InvalidChange(f"{export} names no pseudonyms: no sidecar needed")
+    found = resolve(
+        outbox, operator, wanted, {"sidecar_for": export.name, "export_sha256": export_sha256}
+    )
+    sidecar = {
+        "sidecar_version": 1,
+        "export_file": export.name,
+        "export_sha256": export_sha256,
+        "generated_at": format_timestamp(datetime.now(UTC)),
+        "identities": {p: found[p].as_json() for p in sorted(found)},
+        "public_key_fingerprint": fingerprint(signing_key.public_key()),
+        "note": "personal data for the auditor; not part of the chain, which verifies without it",
+    }
+    body = canonical_json(sidecar).encode()
+    path = out or export.with_name(export.name.removesuffix(".jsonl") + SIDECAR_SUFFIX)
+    signature = path.with_name(path.name + ".sig")
+    write_private(path, body)
+    write_private(signature, sign_digest(hashlib.sha256(body).digest(), signing_key))
+    return path, signature
+
+
+def write_private(path: Path, data: bytes) -> None:
+    import os
+
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.unlink(missing_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(partial, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc

@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import unicodedata
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -342,6 +343,12 @@ def test_erasure_keeps_every_export_valid_and_resolve_says_when(
     assert row.wrapped_key is None and row.ciphertext is None and row.erased_at_us
     summary = run_cli("summary", str(after.jsonl), cwd=workdir)
     assert summary.returncode == 0 and "CC7.2" in summary.stdout
+    # identity events are ordinary chained records to the gap scan: nothing undocumented
+    today = datetime.now(UTC).date().isoformat()
+    scan = run_cli(
+        "gap", "scan", "--start", today, "--end", today, "--fail-on-undocumented", cwd=workdir
+    )
+    assert scan.returncode == 0, scan.stdout + scan.stderr
 
 
 def test_erasing_an_unknown_subject_is_a_clear_error(outbox: Outbox, workdir: Path) -> None:
@@ -418,3 +425,52 @@ def test_identity_keygen_makes_both_keys_once(workdir: Path) -> None:
     again = run_cli("identity", "keygen", cwd=workdir)
     assert again.returncode == 0 and "exists, kept" in again.stdout
     assert (workdir / "pseudonym.key").read_text() == key
+
+
+def test_a_signed_identity_sidecar_for_the_auditor_stays_out_of_the_chain(
+    outbox: Outbox, sqlite_engine: Engine, workdir: Path, rsa_keys: Path
+) -> None:
+    import hashlib
+    import shutil
+    import subprocess
+
+    with sqlite_engine.begin() as conn:
+        outbox.record(conn, good_change(1))
+    relay_once(workdir)
+    paths, _ = export_today(workdir, rsa_keys)
+    made = run_cli(
+        "identity", "sidecar", str(paths.jsonl), "--actor", "bob",
+        "--signing-key", str(rsa_keys / "audit-private.pem"), cwd=workdir,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    sidecar = paths.jsonl.with_name(paths.jsonl.name.removesuffix(".jsonl") + ".identities.json")
+    body = json.loads(sidecar.read_text())
+    assert body["export_sha256"] == hashlib.sha256(paths.jsonl.read_bytes()).hexdigest()
+    assert {v["identity"] for v in body["identities"].values()} == {
+        "alice@example.com",
+        "bob@example.com",
+    }
+    assert stat.S_IMODE(sidecar.stat().st_mode) == 0o600
+    if shutil.which("openssl"):
+        checked = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-verify", str(rsa_keys / "audit-public.pem"),
+             "-signature", f"{sidecar}.sig", str(sidecar)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert checked.returncode == 0 and "Verified OK" in checked.stdout
+    from relay.signing import load_public_key, signature_valid
+
+    signature = Path(f"{sidecar}.sig").read_bytes()
+    digest = hashlib.sha256(sidecar.read_bytes()).digest()
+    assert signature_valid(digest, signature, load_public_key(rsa_keys / "audit-public.pem"))
+    forged = sidecar.read_bytes().replace(b"alice@example.com", b"carol@example.com")
+    assert not signature_valid(
+        hashlib.sha256(forged).digest(), signature, load_public_key(rsa_keys / "audit-public.pem")
+    )
+    # the package still verifies with the sidecar beside it; the chain never saw a name
+    assert verify_export(paths.jsonl, rsa_keys / "audit-public.pem").ok
+    relay_once(workdir)
+    resolved = log_records()[-1]
+    assert resolved["action"] == "identity_resolved"
+    assert resolved["meta"]["export_sha256"] == body["export_sha256"]
+    assert "example.com" not in json.dumps(log_records())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 
@@ -33,6 +32,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_identities(p)
     _add_backends(p, log=False)
     p.set_defaults(func=cmd_resolve)
+
+    p = commands.add_parser(
+        "sidecar",
+        help="a signed identity sidecar for an export (for the auditor)",
+        description="Resolves every pseudonym an export names and writes "
+        "<stem>.identities.json (0600) with a detached signature by the audit signing key "
+        "(openssl dgst -sha256 -verify checks it), bound to the export by SHA-256. It never "
+        "enters the chain; the resolve is chained.",
+    )
+    p.add_argument("export", help="the export's JSONL")
+    p.add_argument("--actor", required=True, help="who asks (an operator role)")
+    p.add_argument("--out", help="sidecar file (default beside the export)")
+    p.add_argument(
+        "--signing-key",
+        help="private key PEM [env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
+    )
+    _add_identities(p)
+    _add_backends(p, log=False)
+    p.set_defaults(func=cmd_sidecar)
 
     p = commands.add_parser(
         "erase",
@@ -104,17 +122,23 @@ def _describe(answer: dict) -> str:
 
 
 def _write_private(path: Path, text: str) -> None:
-    from producers.errors import ConfigError
+    from producers.identity_ops import write_private as write
 
-    partial = path.with_name(path.name + ".partial")
-    try:
-        partial.unlink(missing_ok=True)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(partial, path)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
+    write(path, text.encode("utf-8"))
+
+
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    from flagtrail import settings
+    from producers.identity_ops import write_sidecar
+    from relay.signing import load_private_key
+
+    key = load_private_key(Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key)))
+    path, signature = write_sidecar(
+        _outbox(args), args.actor, Path(args.export), key, Path(args.out) if args.out else None
+    )
+    print(f"identity sidecar: {path} (personal data, mode 0600; never part of the chain)")
+    print(f"  openssl dgst -sha256 -verify audit-public.pem -signature {signature} {path}")
+    return 0
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
