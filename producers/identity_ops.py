@@ -100,7 +100,7 @@ def resolve(
     if bad:
         raise InvalidChange(f"{bad[0]!r} is not a pseudonym (id: and 64 hex digits)")
     if not pseudonyms:
-        raise InvalidChange("no pseudonyms to resolve")
+        raise InvalidChange("no pseudonyms to resolve (the file names none)")
     wanted = sorted(set(pseudonyms))
     with outbox.engine.begin() as conn:
         require_operator(outbox, conn, operator, "identity_resolved")

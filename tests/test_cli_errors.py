@@ -77,6 +77,8 @@ BAD_OPTIONS: dict[str, list[str]] = {
     "--workers": ["zero"],
     "--weeks": ["0"],
     "--metrics-port": ["http"],
+    "--outbox-days": ["0", "month"],
+    "--vault-days": ["-1"],
 }
 BAD_POSITIONALS = {"file": [MISSING, FOLDER, GARBAGE]}
 

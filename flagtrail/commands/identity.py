@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(openssl dgst -sha256 -verify checks it), bound to the export by SHA-256. It never "
         "enters the chain; the resolve is chained.",
     )
-    p.add_argument("export", help="the export's JSONL")
+    p.add_argument("file", metavar="EXPORT", help="the export's JSONL")
     p.add_argument("--actor", required=True, help="who asks (an operator role)")
     p.add_argument("--out", help="sidecar file (default beside the export)")
     p.add_argument(
@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "when missing, for deployments where several hosts share them. A new chain "
         "otherwise creates them on first use.",
     )
+    p.add_argument(
+        "--dir", help="folder for pseudonym.key and vault.key (default: the two settings)"
+    )
     p.set_defaults(func=cmd_keygen)
 
 
@@ -91,10 +94,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     if single:
         wanted = [args.target]
     elif Path(args.target).is_file():
-        wanted = pseudonyms_in_file(Path(args.target))
-        if not wanted:
-            print(f"{args.target} names no pseudonyms")
-            return 0
+        wanted = pseudonyms_in_file(Path(args.target))  # none: refused by resolve
     else:
         raise ConfigError(f"{args.target!r} is neither a pseudonym (id:…) nor a file")
     found = resolve(_outbox(args), args.actor, wanted)
@@ -134,7 +134,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
 
     key = load_private_key(Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key)))
     path, signature = write_sidecar(
-        _outbox(args), args.actor, Path(args.export), key, Path(args.out) if args.out else None
+        _outbox(args), args.actor, Path(args.file), key, Path(args.out) if args.out else None
     )
     print(f"identity sidecar: {path} (personal data, mode 0600; never part of the chain)")
     print(f"  openssl dgst -sha256 -verify audit-public.pem -signature {signature} {path}")
@@ -156,11 +156,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    from producers.errors import ConfigError
     from producers.privacy import key_path
     from producers.pseudonyms import create_key, read_key
 
+    if args.dir and not Path(args.dir).is_dir():
+        raise ConfigError(f"--dir {args.dir} is not a folder")
     for kind in ("pseudonym", "vault"):
-        path = key_path(kind)
+        path = Path(args.dir) / f"{kind}.key" if args.dir else key_path(kind)
         if read_key(path, kind) is not None:
             print(f"{kind} key: {path} exists, kept")
             continue
