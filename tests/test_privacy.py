@@ -371,6 +371,12 @@ def test_a_rejected_newcomer_resolves_even_when_the_caller_rolls_back(
     (rejected,) = payloads(sqlite_engine)
     found = resolve(outbox, "bob", [rejected["actor"]])
     assert found[rejected["actor"]].identity == "newcomer@evil.test"
+    # that rolled-back transaction was the chain's first: its decision outlived it too,
+    # so the next process does not mistake the chain for an old one and store names
+    later = Outbox(sqlite_engine, str(workdir / "identities.toml"))
+    with sqlite_engine.begin() as conn:
+        later.record(conn, good_change(2))
+    assert payloads(sqlite_engine)[-1]["actor"] == alias(workdir, "alice@example.com")
 
 
 def test_a_statement_naming_a_person_is_refused_on_a_pseudonymous_chain(
