@@ -116,6 +116,32 @@ def test_nfc_and_nfd_spellings_of_one_name_are_one_pseudonym(
     assert found[first["actor"]].identity == JOSE_NFC
 
 
+def test_odd_unicode_identities(sqlite_engine: Engine, workdir: Path) -> None:
+    (workdir / "identities.toml").write_text(
+        (workdir / "identities.toml").read_text()
+        + '\n[identities."\U0001f680-ops@example.com"]\nroles = ["release-manager"]\n'
+    )
+    outbox = Outbox(sqlite_engine, str(workdir / "identities.toml"))
+    with sqlite_engine.begin() as conn:
+        # full-width letters: the directory's NFKC matching makes them alice's alias
+        outbox.record(conn, good_change(1, actor="\uff41\uff4c\uff49\uff43\uff45@example.com"))
+        outbox.record(conn, good_change(2, actor="\U0001f680-ops@example.com"))
+    fullwidth, rocket = payloads(sqlite_engine)
+    assert fullwidth["actor"] == alias(workdir, "alice@example.com")
+    found = resolve(outbox, "bob", [rocket["actor"]])
+    assert found[rocket["actor"]].identity == "\U0001f680-ops@example.com"
+    stored = len(payloads(sqlite_engine))  # the two changes and the resolve
+    with pytest.raises(InvalidChange, match="lone surrogate"), sqlite_engine.begin() as conn:
+        outbox.record(conn, good_change(3, actor="eve\udcff@example.com"))
+    assert len(payloads(sqlite_engine)) == stored
+    # undecodable bytes on a command line arrive as lone surrogates: one sentence, exit 2
+    result = run_cli(
+        "identity", "erase", "eve\udcff", "--reason", "DSR-1", "--actor", "bob", cwd=workdir,
+        env={"PYTHONIOENCODING": "utf-8:surrogateescape"},
+    )  # fmt: skip
+    assert result.returncode == 2 and "not valid Unicode" in result.stderr, result.stderr
+
+
 # -- which chains, and the key files ----------------------------------------------------------
 def test_an_existing_chain_keeps_names_and_the_decision_is_durable(
     sqlite_engine: Engine, workdir: Path, monkeypatch: pytest.MonkeyPatch
