@@ -377,6 +377,27 @@ def test_erasure_keeps_every_export_valid_and_resolve_says_when(
     assert scan.returncode == 0, scan.stdout + scan.stderr
 
 
+def test_a_fake_erasure_behind_flagtrails_back_is_named(
+    outbox: Outbox, sqlite_engine: Engine, workdir: Path
+) -> None:
+    """An operator hiding who made a change by blanking the vault row by hand: resolve
+    says so, since a real erasure always names the event that chained it."""
+    with sqlite_engine.begin() as conn:
+        outbox.record(conn, good_change(1))
+    alice = alias(workdir, "alice@example.com")
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            update(vault)
+            .where(vault.c.pseudonym == alice)
+            .values(wrapped_key=None, ciphertext=None, erased_at_us=1_780_000_000_000_000)
+        )
+    answer = run_cli("identity", "resolve", alice, "--actor", "bob", cwd=workdir)
+    assert answer.returncode == 0 and "altered outside flagtrail" in answer.stdout
+    done = erase(outbox, "bob", "bob@example.com", "DSR-9")
+    bob = alias(workdir, "bob@example.com")
+    assert resolve(outbox, "bob", [bob])[bob].erased_event_id == done.event_id
+
+
 def test_erasing_an_unknown_subject_is_a_clear_error(outbox: Outbox, workdir: Path) -> None:
     with outbox.engine.begin() as conn:
         outbox.record(conn, good_change(1))
