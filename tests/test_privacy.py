@@ -337,6 +337,10 @@ def test_erasure_keeps_every_export_valid_and_resolve_says_when(
     relay_once(workdir)
     before, _ = export_today(workdir, rsa_keys, out="before")
     alice = alias(workdir, "alice@example.com")
+    with sqlite_engine.connect() as conn:
+        sealed = conn.execute(select(vault).where(vault.c.pseudonym == alice)).one()
+    sealed_bytes = [bytes(sealed.wrapped_key), bytes(sealed.ciphertext)]
+    sqlite_engine.dispose()  # no reader of ours holds an old snapshot of the file
     refused = run_cli(
         "identity", "erase", "alice@example.com", "--reason", "Alice asked (alice@example.com)",
         "--actor", "bob", cwd=workdir,
@@ -362,8 +366,10 @@ def test_erasure_keeps_every_export_valid_and_resolve_says_when(
     assert len(erased) == 1  # the second erase changed nothing and chained nothing
     assert erased[0]["meta"]["pseudonym"] == alice and erased[0]["reason"] == "DSR-2026-114"
     assert "alice" not in json.dumps(records)
-    # the name is gone from the database file, not only from the query's answer
-    assert b"alice@example.com" not in database_text(workdir)
+    # the wrapped key and the ciphertext are gone from the database's bytes (SQLite's
+    # secure_delete and an emptied WAL), not only from the query's answer
+    left = database_text(workdir)
+    assert all(part not in left for part in sealed_bytes)
     with sqlite_engine.connect() as conn:
         row = conn.execute(select(vault).where(vault.c.pseudonym == alice)).one()
     assert row.wrapped_key is None and row.ciphertext is None and row.erased_at_us
