@@ -32,11 +32,15 @@ FLAGTRAIL = [sys.executable, "-m", "flagtrail.cli"]
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.startswith("FLAGTRAIL_") and not name.startswith("FLAGTRAIL_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.delenv("AUDIT_SIGNING_KEY_PATH", raising=False)
+    # a new chain makes its privacy keys on first use: in the test's folder (the
+    # workdir fixture's too), never in the folder pytest was started from
+    for kind in ("pseudonym", "vault"):
+        monkeypatch.setenv(f"FLAGTRAIL_{kind.upper()}_KEY_PATH", str(tmp_path / f"{kind}.key"))
 
 
 @pytest.fixture
