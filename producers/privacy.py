@@ -26,6 +26,7 @@ deployments where several hosts must share them.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +86,7 @@ class Privacy:
         self._pseudonym_key: SecretKey | None = None
         self._vault_key: SecretKey | None = None
         self._stored: dict[str, str] = {}  # pseudonym -> day its vault row was last marked
-        # subjects written inside a caller's transaction, known durable at its commit
+        # subjects written inside a caller's transaction that has not ended yet
         self._pending: weakref.WeakKeyDictionary[Connection, set[str]] = weakref.WeakKeyDictionary()
 
     # -- mode and keys ---------------------------------------------------------------------
@@ -109,7 +110,12 @@ class Privacy:
             return True
         if recorded == PLAIN:
             if self.setting == "on":
-                vault.switch_chain_mode(conn, chain, PSEUDONYMOUS, "FLAGTRAIL_PSEUDONYMS=on")
+                self._durably(
+                    conn,
+                    lambda c: vault.switch_chain_mode(
+                        c, chain, PSEUDONYMOUS, "FLAGTRAIL_PSEUDONYMS=on"
+                    ),
+                )
                 return True
             return False
         if self.setting != "auto":
@@ -121,7 +127,9 @@ class Privacy:
             mode, why = PLAIN, "the chain had records before pseudonyms existed"
         else:
             mode, why = PSEUDONYMOUS, "new chain"
-        return vault.record_chain_mode(conn, chain, mode, why) == PSEUDONYMOUS
+        decided: list[str] = []
+        self._durably(conn, lambda c: decided.append(vault.record_chain_mode(c, chain, mode, why)))
+        return decided[-1] == PSEUDONYMOUS
 
     def _has_history(self, conn: Connection) -> bool:
         chain = self.outbox.chain_id
@@ -156,13 +164,13 @@ class Privacy:
         return self._vault_key
 
     # -- people ----------------------------------------------------------------------------
-    def person(self, conn: Connection, identity: str, survive_rollback: bool = False) -> str:
+    def person(self, conn: Connection, identity: str) -> str:
         """What the chain stores for ``identity``: its pseudonym (sealed into the vault)
         on a pseudonymous chain, else the identity itself."""
         if not self.pseudonymous(conn) or not identity:
             return identity
         alias = pseudonym(self.pseudonym_key.material, identity)
-        self._remember(conn, alias, identity, survive_rollback)
+        self._remember(conn, alias, identity)
         return alias
 
     def protect(
@@ -188,7 +196,7 @@ class Privacy:
             if not typed:
                 continue
             canonical = self.outbox.identities.resolve(typed) or typed
-            alias = self.person(conn, canonical, survive_rollback=True)
+            alias = self.person(conn, canonical)
             record[field] = alias
             replaced.update({typed: alias, canonical: alias})
         meta = record.get("meta")
@@ -212,55 +220,58 @@ class Privacy:
             return stated
         return found.identity
 
-    # -- the vault write ---------------------------------------------------------------------
-    def _remember(self, conn: Connection, alias: str, identity: str, survive: bool) -> None:
+    # -- durable writes -----------------------------------------------------------------------
+    def _remember(self, conn: Connection, alias: str, identity: str) -> None:
         today = vault.day_of(vault.now_us())
         if self._stored.get(alias) == today:
             return
-        pending = self._pending.get(conn)
-        if pending is not None and alias in pending:
+        pending = self._pending.setdefault(conn, set())
+        if alias in pending:  # written earlier in this transaction, durable with it
             return
+        key = self.vault_key
+        pending.add(alias)
+
+        def mark() -> None:
+            self._stored[alias] = today
+            pending.discard(alias)
+
+        self._durably(conn, lambda c: vault.store_subject(c, key, alias, identity), mark)
+
+    def _durably(
+        self,
+        conn: Connection,
+        write: Callable[[Connection], object],
+        done: Callable[[], None] | None = None,
+    ) -> None:
+        """Run ``write`` so that it outlives the caller's transaction: a rejection is
+        durable whatever the caller does next (producers/journal.py), so the chain's
+        mode and the subjects it names must be too. On its own connection when it can;
+        on SQLite while the caller holds the one write lock (a second connection would
+        wait for it forever) inside the caller's transaction, and again on its own
+        connection right after a rollback. ``done`` runs once the write is durable."""
         from producers.outbox import _sqlite_holds_write_lock
 
         engine = self.outbox.engine
         if not _sqlite_holds_write_lock(conn):
-            # its own transaction: durable at once, whatever the caller does next (a
-            # rejection's subject must resolve even when the caller rolls back)
             with engine.begin() as own:
-                vault.store_subject(own, self.vault_key, alias, identity)
-            self._stored[alias] = today
+                write(own)
+            if done is not None:
+                done()
             return
-        # SQLite, and the caller holds the one write lock: a second connection would
-        # wait for it forever, so the row goes into the caller's transaction
-        vault.store_subject(conn, self.vault_key, alias, identity)
-        if pending is None:
-            pending = self._pending[conn] = set()
-            self._listen(conn, pending, today)
-        pending.add(alias)
-        if survive:
-            self._rescue_on_rollback(conn, alias, identity)
+        write(conn)
 
-    def _listen(self, conn: Connection, pending: set[str], today: str) -> None:
         def committed(_conn: Connection) -> None:
-            self._stored.update(dict.fromkeys(pending, today))
-            pending.clear()
-
-        def rolled_back(_conn: Connection) -> None:
-            pending.clear()
-
-        event.listen(conn, "commit", committed)
-        event.listen(conn, "rollback", rolled_back)
-
-    def _rescue_on_rollback(self, conn: Connection, alias: str, identity: str) -> None:
-        """A rejection outlives the caller's transaction (producers/journal.py): its
-        subject's vault row must too, written on its own once the lock is released."""
-        engine, key = self.outbox.engine, self.vault_key
+            if done is not None:
+                done()
 
         def rolled_back(rolling: Connection) -> None:
             rolling.connection.driver_connection.rollback()  # releases the write lock
             with engine.begin() as own:
-                vault.store_subject(own, key, alias, identity)
+                write(own)
+            if done is not None:
+                done()
 
+        event.listen(conn, "commit", committed, once=True)
         event.listen(conn, "rollback", rolled_back, once=True)
 
 

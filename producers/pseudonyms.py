@@ -27,7 +27,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from producers.errors import ConfigError
+from producers.errors import ConfigError, InvalidChange
 
 PREFIX = "id:"
 PSEUDONYM = re.compile(r"id:[0-9a-f]{64}")
@@ -42,7 +42,12 @@ def is_pseudonym(text: object) -> bool:
 def normalise_identity(identity: str) -> bytes:
     """The bytes a pseudonym is computed over: NFC, so composed and decomposed
     spellings of one name agree; nothing else is changed."""
-    return unicodedata.normalize("NFC", identity).encode("utf-8")
+    try:
+        return unicodedata.normalize("NFC", identity).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (undecodable bytes on a command line)
+        raise InvalidChange(
+            "an identity is not valid Unicode (it holds a lone surrogate)"
+        ) from None
 
 
 def pseudonym(key: bytes, identity: str) -> str:

@@ -198,12 +198,19 @@ class Resolution:
     identity: str | None = None
     erased_at: str | None = None  # RFC 3339 date of the erasure
     unknown: bool = False
+    # the identity_erased (or retention_applied) event that chained the erasure; None
+    # on a row marked erased behind flagtrail's back, which erasure never leaves
+    erased_event_id: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         if self.unknown:
             return {"status": "unknown"}
         if self.erased_at is not None:
-            return {"status": "erased", "erased_at": self.erased_at}
+            return {
+                "status": "erased",
+                "erased_at": self.erased_at,
+                "event_id": self.erased_event_id,
+            }
         return {"status": "resolved", "identity": self.identity}
 
 
@@ -234,7 +241,11 @@ def lookup(
         chunk = pseudonyms[start : start + 500]
         for row in conn.execute(select(vault).where(vault.c.pseudonym.in_(chunk))):
             if row.erased_at_us is not None:
-                found[row.pseudonym] = Resolution(row.pseudonym, erased_at=day_of(row.erased_at_us))
+                found[row.pseudonym] = Resolution(
+                    row.pseudonym,
+                    erased_at=day_of(row.erased_at_us),
+                    erased_event_id=row.erased_event_id,
+                )
             else:
                 if master is None:
                     raise ConfigError("the vault key is needed to resolve pseudonyms")

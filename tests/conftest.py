@@ -37,10 +37,10 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         if name.startswith("FLAGTRAIL_") and not name.startswith("FLAGTRAIL_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.delenv("AUDIT_SIGNING_KEY_PATH", raising=False)
-    # a new chain pseudonymises with key files made on first use: keep them in the test's
-    # folder, never in the checkout (the default is the current folder)
-    monkeypatch.setenv("FLAGTRAIL_PSEUDONYM_KEY_PATH", str(tmp_path / "pseudonym.key"))
-    monkeypatch.setenv("FLAGTRAIL_VAULT_KEY_PATH", str(tmp_path / "vault.key"))
+    # a new chain makes its privacy keys on first use: in the test's folder (the
+    # workdir fixture's too), never in the folder pytest was started from
+    for kind in ("pseudonym", "vault"):
+        monkeypatch.setenv(f"FLAGTRAIL_{kind.upper()}_KEY_PATH", str(tmp_path / f"{kind}.key"))
 
 
 @pytest.fixture

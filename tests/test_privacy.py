@@ -116,6 +116,32 @@ def test_nfc_and_nfd_spellings_of_one_name_are_one_pseudonym(
     assert found[first["actor"]].identity == JOSE_NFC
 
 
+def test_odd_unicode_identities(sqlite_engine: Engine, workdir: Path) -> None:
+    (workdir / "identities.toml").write_text(
+        (workdir / "identities.toml").read_text()
+        + '\n[identities."\U0001f680-ops@example.com"]\nroles = ["release-manager"]\n'
+    )
+    outbox = Outbox(sqlite_engine, str(workdir / "identities.toml"))
+    with sqlite_engine.begin() as conn:
+        # full-width letters: the directory's NFKC matching makes them alice's alias
+        outbox.record(conn, good_change(1, actor="\uff41\uff4c\uff49\uff43\uff45@example.com"))
+        outbox.record(conn, good_change(2, actor="\U0001f680-ops@example.com"))
+    fullwidth, rocket = payloads(sqlite_engine)
+    assert fullwidth["actor"] == alias(workdir, "alice@example.com")
+    found = resolve(outbox, "bob", [rocket["actor"]])
+    assert found[rocket["actor"]].identity == "\U0001f680-ops@example.com"
+    stored = len(payloads(sqlite_engine))  # the two changes and the resolve
+    with pytest.raises(InvalidChange, match="lone surrogate"), sqlite_engine.begin() as conn:
+        outbox.record(conn, good_change(3, actor="eve\udcff@example.com"))
+    assert len(payloads(sqlite_engine)) == stored
+    # undecodable bytes on a command line arrive as lone surrogates: one sentence, exit 2
+    result = run_cli(
+        "identity", "erase", "eve\udcff", "--reason", "DSR-1", "--actor", "bob", cwd=workdir,
+        env={"PYTHONIOENCODING": "utf-8:surrogateescape"},
+    )  # fmt: skip
+    assert result.returncode == 2 and "not valid Unicode" in result.stderr, result.stderr
+
+
 # -- which chains, and the key files ----------------------------------------------------------
 def test_an_existing_chain_keeps_names_and_the_decision_is_durable(
     sqlite_engine: Engine, workdir: Path, monkeypatch: pytest.MonkeyPatch
@@ -311,6 +337,10 @@ def test_erasure_keeps_every_export_valid_and_resolve_says_when(
     relay_once(workdir)
     before, _ = export_today(workdir, rsa_keys, out="before")
     alice = alias(workdir, "alice@example.com")
+    with sqlite_engine.connect() as conn:
+        sealed = conn.execute(select(vault).where(vault.c.pseudonym == alice)).one()
+    sealed_bytes = [bytes(sealed.wrapped_key), bytes(sealed.ciphertext)]
+    sqlite_engine.dispose()  # no reader of ours holds an old snapshot of the file
     refused = run_cli(
         "identity", "erase", "alice@example.com", "--reason", "Alice asked (alice@example.com)",
         "--actor", "bob", cwd=workdir,
@@ -336,8 +366,10 @@ def test_erasure_keeps_every_export_valid_and_resolve_says_when(
     assert len(erased) == 1  # the second erase changed nothing and chained nothing
     assert erased[0]["meta"]["pseudonym"] == alice and erased[0]["reason"] == "DSR-2026-114"
     assert "alice" not in json.dumps(records)
-    # the name is gone from the database file, not only from the query's answer
-    assert b"alice@example.com" not in database_text(workdir)
+    # the wrapped key and the ciphertext are gone from the database's bytes (SQLite's
+    # secure_delete and an emptied WAL), not only from the query's answer
+    left = database_text(workdir)
+    assert all(part not in left for part in sealed_bytes)
     with sqlite_engine.connect() as conn:
         row = conn.execute(select(vault).where(vault.c.pseudonym == alice)).one()
     assert row.wrapped_key is None and row.ciphertext is None and row.erased_at_us
@@ -349,6 +381,27 @@ def test_erasure_keeps_every_export_valid_and_resolve_says_when(
         "gap", "scan", "--start", today, "--end", today, "--fail-on-undocumented", cwd=workdir
     )
     assert scan.returncode == 0, scan.stdout + scan.stderr
+
+
+def test_a_fake_erasure_behind_flagtrails_back_is_named(
+    outbox: Outbox, sqlite_engine: Engine, workdir: Path
+) -> None:
+    """An operator hiding who made a change by blanking the vault row by hand: resolve
+    says so, since a real erasure always names the event that chained it."""
+    with sqlite_engine.begin() as conn:
+        outbox.record(conn, good_change(1))
+    alice = alias(workdir, "alice@example.com")
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            update(vault)
+            .where(vault.c.pseudonym == alice)
+            .values(wrapped_key=None, ciphertext=None, erased_at_us=1_780_000_000_000_000)
+        )
+    answer = run_cli("identity", "resolve", alice, "--actor", "bob", cwd=workdir)
+    assert answer.returncode == 0 and "altered outside flagtrail" in answer.stdout
+    done = erase(outbox, "bob", "bob@example.com", "DSR-9")
+    bob = alias(workdir, "bob@example.com")
+    assert resolve(outbox, "bob", [bob])[bob].erased_event_id == done.event_id
 
 
 def test_erasing_an_unknown_subject_is_a_clear_error(outbox: Outbox, workdir: Path) -> None:
@@ -371,6 +424,12 @@ def test_a_rejected_newcomer_resolves_even_when_the_caller_rolls_back(
     (rejected,) = payloads(sqlite_engine)
     found = resolve(outbox, "bob", [rejected["actor"]])
     assert found[rejected["actor"]].identity == "newcomer@evil.test"
+    # that rolled-back transaction was the chain's first: its decision outlived it too,
+    # so the next process does not mistake the chain for an old one and store names
+    later = Outbox(sqlite_engine, str(workdir / "identities.toml"))
+    with sqlite_engine.begin() as conn:
+        later.record(conn, good_change(2))
+    assert payloads(sqlite_engine)[-1]["actor"] == alias(workdir, "alice@example.com")
 
 
 def test_a_statement_naming_a_person_is_refused_on_a_pseudonymous_chain(

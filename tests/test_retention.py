@@ -127,3 +127,23 @@ def test_subjects_unused_past_the_vault_retention_are_shredded(
         ).scalar_one()
     assert erased == 1  # bob still resolves
     assert resolve(outbox, "bob", [alias(workdir, "bob@example.com")])
+
+
+def test_retention_touches_only_its_own_chain(sqlite_engine: Engine, workdir: Path) -> None:
+    mine = Outbox(sqlite_engine, str(workdir / "identities.toml"))
+    other = Outbox(sqlite_engine, str(workdir / "identities.toml"), chain_id="other")
+    for box in (mine, other):
+        with sqlite_engine.begin() as conn:
+            box.record(conn, good_change(0))
+    with sqlite_engine.begin() as conn:  # both relayed long ago
+        conn.execute(
+            update(outbox_table).values(
+                recorded_at_us=outbox_table.c.recorded_at_us - 90 * DAY_US,
+                relayed_at_us=outbox_table.c.recorded_at_us - 90 * DAY_US,
+            )
+        )
+    report = apply_retention(mine, "sqlite:///log.db", "bob", dry_run=False)
+    assert report.outbox_rows_purged == 1
+    with sqlite_engine.connect() as conn:
+        chains = conn.execute(select(outbox_table.c.chain_id)).scalars().all()
+    assert sorted(chains) == ["flag-audit", "other"]  # other's row, and mine's event

@@ -116,8 +116,13 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 def _describe(answer: dict) -> str:
     if answer["status"] == "resolved":
         return answer["identity"]
+    if answer["status"] == "erased" and answer["event_id"] is None:
+        return (
+            f"marked erased on {answer['erased_at']} but no erasure event names it: the vault "
+            "row was altered outside flagtrail"
+        )
     if answer["status"] == "erased":
-        return f"erased on {answer['erased_at']}"
+        return f"erased on {answer['erased_at']} (event {answer['event_id']})"
     return "unknown (not in this vault)"
 
 
