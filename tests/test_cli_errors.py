@@ -77,6 +77,15 @@ BAD_OPTIONS: dict[str, list[str]] = {
     "--workers": ["zero"],
     "--weeks": ["0"],
     "--metrics-port": ["http"],
+    "--tsa-url": ["ftp://x", "http://127.0.0.1:9/"],
+    "--tsa-cert": [MISSING, FOLDER, GARBAGE],
+    "--witness-key": ["nope", MISSING, GARBAGE],
+    "--min-witnesses": ["many"],
+    "--name": ["has space", "a+b"],
+    "--key": [MISSING, FOLDER, GARBAGE],
+    "--trusted-log": ["no-equals", "a=notakey"],
+    "--trusted-logs": [MISSING, FOLDER, GARBAGE],
+    "--port": ["http"],
 }
 BAD_POSITIONALS = {"file": [MISSING, FOLDER, GARBAGE]}
 
