@@ -225,6 +225,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        if relay.witnesses is not None:
+            relay.witnesses.close()  # the last checkpoint goes to the witnesses before exit
         lease.release()
         relay.log.close()
         relay.source.close()

@@ -81,7 +81,6 @@ BAD_OPTIONS: dict[str, list[str]] = {
     "--tsa-cert": [MISSING, FOLDER, GARBAGE],
     "--witness-key": ["nope", MISSING, GARBAGE],
     "--min-witnesses": ["many"],
-    "--name": ["has space", "a+b"],
     "--key": [MISSING, FOLDER, GARBAGE],
     "--trusted-log": ["no-equals", "a=notakey"],
     "--trusted-logs": [MISSING, FOLDER, GARBAGE],

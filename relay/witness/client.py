@@ -249,8 +249,8 @@ class WitnessClient:
         with self._cond:
             return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, timeout: float = 5.0) -> None:
+        self.flush(timeout)  # bounded: a stopping relay waits this long for a slow witness
         with self._cond:
             self._closed = True
             self._cond.notify_all()
