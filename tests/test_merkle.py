@@ -54,9 +54,18 @@ class FakeClock:
 class Chain:
     """An outbox, a SQLite log with its tree, a note key, an audit key: one chain."""
 
-    def __init__(self, engine: Engine, workdir: Path, rsa_keys: Path, chain: str = "flag-audit"):
+    def __init__(
+        self,
+        engine: Engine,
+        workdir: Path,
+        rsa_keys: Path,
+        chain: str = "flag-audit",
+        log_url: str | None = None,
+        tree_url: str | None = None,
+    ):
         self.workdir, self.keys, self.chain = workdir, rsa_keys, chain
-        self.log_url = f"sqlite:///{workdir / 'log.db'}"
+        self.log_url = log_url or f"sqlite:///{workdir / 'log.db'}"
+        self.tree_url = tree_url or self.log_url
         if not (workdir / "note-private.key").exists():
             generate_note_key(workdir, "log.example")
         self.vkey = (workdir / "note-public.vkey").read_text().strip()
@@ -68,7 +77,7 @@ class Chain:
 
     def writer(self, policy: CheckpointPolicy | None = None) -> TreeWriter:
         return TreeWriter(
-            open_store(self.log_url, self.chain),
+            open_store(self.tree_url, self.chain),
             load_note_signer(self.workdir / "note-private.key"),
             policy,
             clock=self.tree_clock,
@@ -96,7 +105,7 @@ class Chain:
         self, start: date, end: date, out: str, previous: Path | None = None
     ) -> tuple[PackagePaths, dict[str, Any]]:
         with open_log(self.log_url, self.chain, read_only=True) as audit_log:
-            store = open_store(self.log_url, self.chain, read_only=True)
+            store = open_store(self.tree_url, self.chain, read_only=True)
             try:
                 return export_window(
                     audit_log,
