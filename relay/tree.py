@@ -194,8 +194,8 @@ class TreeStore:
                             "note": note.decode(),
                         },
                     )
-        except IntegrityError as exc:
-            raise TreeMismatch(
+        except IntegrityError as exc:  # an old leader still finishing: read the tree again
+            raise BackendUnavailable(
                 f"another writer added to chain {self.chain_id}'s Merkle tree meanwhile"
             ) from exc
 
