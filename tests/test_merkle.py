@@ -471,3 +471,29 @@ def test_a_log_cut_below_its_signed_checkpoint_stops_the_tree(chain: Chain) -> N
     ):
         writer.catch_up(audit_log)
     assert writer.frozen and writer.maybe_checkpoint(force=True) is None
+
+
+def test_end_to_end_through_the_command_line(workdir: Path) -> None:
+    """keygen, loadgen, relay, checkpoint, export, verify: the operator's path."""
+    assert run_cli("keygen", "--out", "keys", cwd=workdir).returncode == 0
+    keygen = run_cli("keygen", "--type", "note", "--name", "ops.example", "--out", "keys")
+    assert keygen.returncode == 0, keygen.stderr
+    env = {"FLAGTRAIL_NOTE_KEY_PATH": "keys/note-private.key"}
+    assert run_cli("loadgen", "--events", "30", cwd=workdir).returncode == 0
+    relayed = run_cli("relay", "--once", cwd=workdir, env=env)
+    assert relayed.returncode == 0, relayed.stderr
+    shown = run_cli("checkpoint", cwd=workdir)
+    assert shown.stdout.startswith("ops.example/flag-audit\n30\n"), shown.stderr
+    today = datetime.now(UTC).date().isoformat()
+    exported = run_cli(
+        "export", "--start", today, "--end", today, "--out", "out",
+        "--signing-key", "keys/audit-private.pem", cwd=workdir,
+    )  # fmt: skip
+    assert exported.returncode == 0 and "Merkle proofs" in exported.stdout, exported.stderr
+    jsonl = next((workdir / "out").glob("*.jsonl"))
+    verified = run_cli(
+        "verify", str(jsonl), "--pubkey", "keys/audit-public.pem", cwd=workdir,
+        env={"FLAGTRAIL_NOTE_KEYS": (workdir / "keys/note-public.vkey").read_text().strip()},
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "Merkle proofs: checkpoint ops.example/flag-audit size 30" in verified.stdout
