@@ -497,3 +497,45 @@ def test_end_to_end_through_the_command_line(workdir: Path) -> None:
     )  # fmt: skip
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "Merkle proofs: checkpoint ops.example/flag-audit size 30" in verified.stdout
+
+
+def test_the_relay_daemon_serves_its_checkpoints_and_heartbeats(workdir: Path) -> None:
+    """A running relay signs a checkpoint when idle every T seconds (a heartbeat: the
+    same tree, a later time) and serves the latest at GET /v1/checkpoint."""
+    import os
+    import subprocess
+    import time
+    import urllib.request
+
+    from tests.conftest import FLAGTRAIL, free_port, wait_for
+
+    generate_note_key(workdir, "ops.example")
+    assert run_cli("loadgen", "--events", "5", cwd=workdir).returncode == 0
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLAGTRAIL_NOTE_KEY_PATH": "note-private.key",
+        "FLAGTRAIL_CHECKPOINT_SECONDS": "0.5",
+    }
+    daemon = subprocess.Popen(
+        [*FLAGTRAIL, "relay", "--metrics-port", str(port), "--idle-wait", "0.1"],
+        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def latest() -> bytes | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/checkpoint") as answer:
+                return answer.read()
+        except OSError:
+            return None
+
+    try:
+        wait_for(lambda: (latest() or b"").startswith(b"ops.example/flag-audit\n5\n"), 60, "cp")
+        first = parse_checkpoint(split_note(latest())[0])
+        time.sleep(1.5)
+        later = parse_checkpoint(split_note(latest())[0])
+        assert later.size == first.size == 5 and later.root_hash == first.root_hash
+        assert signed_time(later) > signed_time(first)  # a heartbeat while idle
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
