@@ -59,7 +59,14 @@ from producers.errors import BackendUnavailable, ConfigError, EvidenceError
 from producers.events import format_timestamp, utc_now
 from relay.logs.base import AuditLog, LogEntry
 from relay.proofs.checkpoint import TIME_EXTENSION, Checkpoint, origin_for, parse_checkpoint
-from relay.proofs.merkle import CompactRange, leaf_hash, node_hash, sha256, tree_hash
+from relay.proofs.merkle import (
+    CompactRange,
+    consistency_proof,
+    leaf_hash,
+    node_hash,
+    sha256,
+    tree_hash,
+)
 from relay.proofs.note import (
     Signer,
     generate_signer_key,
@@ -321,6 +328,7 @@ class TreeWriter:
         self.checkpointed_size = -1
         self.checkpointed_at = float("-inf")
         self.frozen: str | None = None  # why the tree no longer follows the log
+        self.log: AuditLog | None = None  # the log it follows (set by catch_up)
         # called with each new signed checkpoint (the witnesses' hook)
         self.on_checkpoint: list[Callable[[bytes], None]] = []
 
@@ -329,6 +337,7 @@ class TreeWriter:
         included), and check the result against the latest signed checkpoint.
         Returns how many records were hashed from the log."""
         self.frozen = None
+        self.log = audit_log
         complete = self.store.complete_size()
         self.border = CompactRange.from_nodes(complete, self.store.node)
         added, batch = 0, []
@@ -350,6 +359,13 @@ class TreeWriter:
     def _tail(audit_log: AuditLog) -> int:
         tail = audit_log.tail()
         return tail.sequence if tail else 0
+
+    def consistency_from(self, old_size: int) -> list[bytes]:
+        """The proof that the current tree extends its first ``old_size`` leaves (what a
+        witness asks for before it cosigns)."""
+        if self.log is None:
+            raise ConfigError("the tree has not read its log yet (catch_up)")
+        return consistency_proof(TreeReader(self.store, self.log).node, old_size, self.border.size)
 
     def _check_signed(self, audit_log: AuditLog) -> None:
         """The latest signed checkpoint must still be a tree of the log's records."""

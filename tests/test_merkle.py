@@ -539,3 +539,28 @@ def test_the_relay_daemon_serves_its_checkpoints_and_heartbeats(workdir: Path) -
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+def test_the_writer_proves_its_tree_extends_an_older_one(chain: Chain) -> None:
+    """What the relay hands a witness with each checkpoint: consistency from the size
+    the witness last cosigned."""
+    from relay.proofs.merkle import verify_consistency
+
+    chain.record(270)
+    old = parse_checkpoint(
+        split_note(open_store(chain.log_url, chain.chain).latest_checkpoint())[0]
+    )
+    notes: list[bytes] = []
+    writer = chain.writer()
+    writer.on_checkpoint.append(notes.append)
+    relay = chain.relay(writer)
+    relay.resume()
+    chain.outbox.clock = chain.clock
+    for n in range(30):
+        with chain.engine.begin() as conn:
+            chain.outbox.record(conn, good_change(n))
+    relay.drain()
+    new = parse_checkpoint(split_note(notes[-1])[0])
+    assert new.size == 300
+    proof = writer.consistency_from(old.size)
+    verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof)
