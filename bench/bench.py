@@ -534,6 +534,212 @@ def concurrent_writers(engine, folder: Path, writers: int, seconds: float) -> st
     )
 
 
+# -- Merkle tree and checkpoints (issue 10) ---------------------------------------------------
+def tree_writer(tree_url: str, chain: str, folder: Path):  # -> relay.tree.TreeWriter
+    from relay.tree import TreeWriter, generate_note_key, load_note_signer, open_store
+
+    if not (folder / "note-private.key").exists():
+        generate_note_key(folder, "bench.example")
+    return TreeWriter(open_store(tree_url, chain), load_note_signer(folder / "note-private.key"))
+
+
+def drain_with(
+    engine, log_url: str, tree_url: str | None, folder: Path
+) -> tuple[int, float, float]:
+    """One drain of the outbox behind ``engine``, with the tree and checkpoints or
+    without: (records, seconds, seconds spent in the tree's work)."""
+    audit_log = open_log(log_url)
+    tree = tree_writer(tree_url, audit_log.chain_id, folder) if tree_url else None
+    relay = Relay(
+        open_outbox_source(engine, audit_log.chain_id), audit_log, batch_size=2000, tree=tree
+    )
+    relay.resume()
+    in_tree = 0.0
+    if tree is not None:  # time the tree's own share of each batch, in the same run
+        extend = tree.extend
+
+        def timed_extend(entries) -> None:
+            nonlocal in_tree
+            started = time.perf_counter()
+            extend(entries)
+            in_tree += time.perf_counter() - started
+
+        tree.extend = timed_extend  # type: ignore[method-assign]
+    started = time.perf_counter()
+    count = relay.drain()
+    seconds = time.perf_counter() - started
+    audit_log.close()
+    if tree is not None:
+        tree.store.close()
+    return count, seconds, in_tree
+
+
+def tree_side_by_side(
+    lines: list[str], label: str, runs: list[tuple[float, float]], shares: list[float]
+) -> None:
+    """Median rates of pairs of drains (without, with the tree), run alternately, and
+    the share of the tree drains' time spent in the tree (less exposed to the noise of
+    a shared machine than a difference of two rates)."""
+    plain = statistics.median(p for p, _ in runs)
+    tree = statistics.median(t for _, t in runs)
+    overheads = [1 - t / p for p, t in runs]
+    lines.append(
+        f"| {label}: drain without / with the Merkle tree and checkpoints (every 1,000 "
+        f"records), median of {len(runs)} alternating pairs | {plain:,.0f} / {tree:,.0f} "
+        f"events/s: rate difference {statistics.median(overheads):.1%} (pairs: "
+        f"{', '.join(f'{o:.1%}' for o in overheads)}); time inside the tree "
+        f"**{statistics.median(shares):.1%}** of the drain (runs: "
+        f"{', '.join(f'{x:.1%}' for x in shares)}) | goal < 10% |"
+    )
+
+
+def bench_merkle_drain(lines: list[str], drain_events: int, pairs: int) -> None:
+    folder = fresh("merkle-drain")
+    engine = settings.make_engine(f"sqlite:///{folder / 'outbox.db'}")
+    outbox = Outbox(engine, str(folder / "identities.toml"), clock=Clock(drain_events))
+    fill_outbox(outbox, drain_events)
+    engine.dispose()
+    runs, shares = [], []
+    for attempt in range(pairs):
+        rates = []
+        for mode in ("plain", "tree"):  # the same backlog, copied: both meet the same data
+            run = folder / f"{mode}-{attempt}"
+            run.mkdir()
+            shutil.copy(folder / "outbox.db", run / "outbox.db")
+            engine = settings.make_engine(f"sqlite:///{run / 'outbox.db'}")
+            log_url = f"sqlite:///{run / 'log.db'}"
+            tree_url = log_url if mode == "tree" else None
+            count, seconds, in_tree = drain_with(engine, log_url, tree_url, run)
+            engine.dispose()
+            rates.append(count / seconds)
+        runs.append((rates[0], rates[1]))
+        shares.append(in_tree / seconds)
+    tree_side_by_side(lines, f"SQLite → SQLite, {drain_events:,} backlog", runs, shares)
+
+
+def bench_merkle_scale(lines: list[str], drain_events: int, pairs: int) -> None:
+    """PostgreSQL → Kafka, the tree in the outbox's PostgreSQL database."""
+    server, kafka = local_services()
+    folder = fresh("merkle-scale")
+    runs, shares = [], []
+    for _ in range(pairs):
+        rates = []
+        for mode in ("plain", "tree"):
+            url = new_database(server)
+            engine = settings.make_engine(url)
+            fill_outbox(Outbox(engine, str(folder / "identities.toml")), drain_events)
+            topic = f"kafka://{kafka}/bench-{uuid.uuid4().hex[:8]}"
+            tree_url = url if mode == "tree" else None
+            count, seconds, in_tree = drain_with(engine, topic, tree_url, folder)
+            engine.dispose()
+            rates.append(count / seconds)
+        runs.append((rates[0], rates[1]))
+        shares.append(in_tree / seconds)
+    tree_side_by_side(lines, f"PostgreSQL → Kafka, {drain_events:,} backlog", runs, shares)
+
+
+def synthetic_log(log_url: str, total: int) -> float:
+    """``total`` chained records written straight to the log; returns the seconds."""
+    from producers.events import format_timestamp
+    from relay.canonical import GENESIS, seal
+    from relay.logs.base import LogEntry
+
+    audit_log = open_log(log_url)
+    prev, start = GENESIS, datetime(2026, 1, 1, tzinfo=UTC)
+    started = time.perf_counter()
+    for first in range(1, total + 1, 10_000):
+        batch = []
+        for sequence in range(first, min(first + 10_000, total + 1)):
+            stamp = format_timestamp(start + timedelta(seconds=sequence))
+            record = {
+                "action": "rollout",
+                "chain_id": "flag-audit",
+                "flag_key": f"flag-{sequence % 50}",
+                "reason": loadgen.REASONS[sequence % 6],
+                "sequence": sequence,
+                "timestamp_utc": stamp,
+            }
+            prev, line = seal(record, prev)
+            batch.append(LogEntry(sequence, stamp, prev, line, None))
+        audit_log.append(batch, after_sequence=first - 1)
+    audit_log.close()
+    return time.perf_counter() - started
+
+
+def bench_merkle_prove(lines: list[str], window: int) -> None:
+    """A log of the window and 700 records around it: build its tree from the log, prove
+    the window as export does (range and inclusion proofs, checked against the records),
+    check them as verify does, and time one checkpoint and inclusion verification."""
+    from relay.package_proofs import write_proofs
+    from relay.proofs.checkpoint import parse_checkpoint
+    from relay.proofs.merkle import inclusion_proof, leaf_hash, verify_inclusion
+    from relay.proofs.note import open_note, parse_vkey
+    from relay.tree import TreeReader, open_store
+    from relay.verify_proofs import check_merkle
+
+    folder = fresh("merkle-prove")
+    log_url = f"sqlite:///{folder / 'log.db'}"
+    total, begin = window + 700, 300
+    write_s = synthetic_log(log_url, total)
+    audit_log = open_log(log_url)
+    writer = tree_writer(log_url, "flag-audit", folder)
+    started = time.perf_counter()
+    writer.catch_up(audit_log)
+    writer.maybe_checkpoint(force=True)
+    build_s = time.perf_counter() - started
+    lines.append(
+        f"| Merkle tree of {total:,} records hashed from the log and checkpointed (a relay's "
+        f"first start on an existing log) | {build_s:.2f} s ({total / build_s:,.0f} "
+        f"records/s; writing the log took {write_s:.1f} s) | |"
+    )
+    jsonl = folder / "window.jsonl"
+    with jsonl.open("w") as out:
+        for entry in audit_log.read():
+            if begin < entry.sequence <= begin + window:
+                out.write(entry.line + "\n")
+    store = open_store(log_url, "flag-audit", read_only=True)
+    proof_path = folder / "window.proof.json"
+    started = time.perf_counter()
+    entry = write_proofs(store, audit_log, jsonl, proof_path, begin + window, window, None)
+    prove_s = time.perf_counter() - started
+    lines.append(
+        f"| prove a {window:,}-record window (range proof and first/last inclusion proofs, "
+        f"checked against every record, as export does) | {prove_s:.2f} s | goal < 30 s |"
+    )
+    vkey = parse_vkey((folder / "note-public.vkey").read_text())
+    manifest = {
+        "merkle": entry,
+        "chain_id": "flag-audit",
+        "record_count": window,
+        "head": {"sequence": begin + window},
+        "window": {"until_utc": "~"},
+    }
+    started = time.perf_counter()
+    check_merkle(jsonl, proof_path, manifest, [vkey])
+    check_s = time.perf_counter() - started
+    lines.append(
+        f"| verify the {window:,}-record window's signed checkpoint and proofs "
+        f"(hashing every record, as verify does) | {check_s:.2f} s | |"
+    )
+    note = store.latest_checkpoint()
+    size = parse_checkpoint(open_note(note, [vkey]).text).size
+    index = size // 3
+    proof = inclusion_proof(TreeReader(store, audit_log).node, index, size)
+    leaf = leaf_hash(audit_log.entry_at(index + 1).line.encode())
+    rounds = 2000
+    started = time.perf_counter()
+    for _ in range(rounds):
+        checkpoint = parse_checkpoint(open_note(note, [vkey]).text)
+        verify_inclusion(index, checkpoint.size, leaf, proof, checkpoint.root_hash)
+    each_ms = (time.perf_counter() - started) / rounds * 1000
+    lines.append(
+        f"| verify one checkpoint (signature, parse) and one inclusion proof in a tree of "
+        f"{size:,} ({len(proof)} hashes), mean of {rounds:,} | {each_ms:.3f} ms | goal < 1 ms |"
+    )
+    store.close()
+    audit_log.close()
+
+
 def _verify_only(lines: list[str], args: argparse.Namespace) -> None:
     verify_vs_seed(lines, args.verify_events, all_non_ascii=False)
     verify_vs_seed(lines, args.verify_events, all_non_ascii=False, foreign=True)
@@ -555,8 +761,19 @@ PARTS: dict[str, tuple[str, Callable[[list[str], argparse.Namespace], None]]] = 
         "Outbox.record with OpenID Connect tokens (real provider)",
         lambda lines, a: bench_oidc(lines, a.oidc_samples),
     ),
+    "merkle": (
+        "the Merkle tree's cost on SQLite, and proving a window",
+        lambda lines, a: (
+            bench_merkle_drain(lines, a.drain_events, a.tree_pairs),
+            bench_merkle_prove(lines, a.proof_window),
+        ),
+    ),
+    "merkle-scale": (
+        "the Merkle tree's cost on PostgreSQL → Kafka",
+        lambda lines, a: bench_merkle_scale(lines, a.drain_events, a.tree_pairs),
+    ),
 }
-DEFAULT_PARTS = ("embedded", "scale", "privacy", "oidc")
+DEFAULT_PARTS = ("embedded", "scale", "privacy", "oidc", "merkle", "merkle-scale")
 
 
 def main() -> None:
@@ -575,6 +792,8 @@ def main() -> None:
     parser.add_argument("--drain-events", type=int, default=100_000)
     parser.add_argument("--verify-events", type=int, default=300_000)
     parser.add_argument("--latency-seconds", type=int, default=60)
+    parser.add_argument("--proof-window", type=int, default=1_000_000)
+    parser.add_argument("--tree-pairs", type=int, default=5, help="drains with/without the tree")
     args = parser.parse_args()
     args.parts = args.parts or list(DEFAULT_PARTS)
     if unknown := set(args.parts) - set(PARTS):

@@ -219,7 +219,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
         relay.observer = RelayMetrics(relay.source.chain_id, None, args.clock_skew_tolerance)
         try:
-            server = serve(relay.observer, int(port), args.metrics_host)
+            latest = relay.tree.store.latest_checkpoint if relay.tree else None
+            server = serve(relay.observer, int(port), args.metrics_host, latest)
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"cannot serve metrics on {args.metrics_host}:{port}: {exc}"
@@ -229,6 +230,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        if relay.witnesses is not None:
+            relay.witnesses.close()  # the last checkpoint goes to the witnesses before exit
         lease.release()
         relay.log.close()
         relay.source.close()

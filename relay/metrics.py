@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -249,8 +250,14 @@ class RelayMetrics(RelayObserver):
         return self.alive() and self._ok
 
 
-def serve(metrics: RelayMetrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    """/metrics, /healthz (liveness) and /ready (readiness) on a daemon thread."""
+def serve(
+    metrics: RelayMetrics,
+    port: int,
+    host: str = "127.0.0.1",
+    checkpoint: Callable[[], bytes | None] | None = None,
+) -> ThreadingHTTPServer:
+    """/metrics, /healthz (liveness) and /ready (readiness) on a daemon thread, and
+    /v1/checkpoint: the chain's latest signed checkpoint (C2SP tlog-checkpoint note)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -262,8 +269,14 @@ def serve(metrics: RelayMetrics, port: int, host: str = "127.0.0.1") -> Threadin
             elif self.path.startswith("/ready"):
                 ok = metrics.ready()
                 self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            elif self.path.split("?")[0] == "/v1/checkpoint":
+                note = checkpoint() if checkpoint else None
+                if note is None:
+                    self._send(404, b"no signed checkpoint yet\n")
+                else:
+                    self._send(200, note, "text/plain; charset=utf-8")
             else:
-                self._send(404, b"try /metrics, /healthz or /ready\n")
+                self._send(404, b"try /metrics, /healthz, /ready or /v1/checkpoint\n")
 
         def _send(self, status: int, body: bytes, ctype: str = "text/plain") -> None:
             self.send_response(status)

@@ -24,13 +24,14 @@ from relay.proofs.merkle import (
     NodeReader,
     consistency_proof,
     inclusion_proof,
+    leaf_hash,
     range_proof,
     verify_consistency,
     verify_range,
 )
 from relay.proofs.note import split_note
 from relay.proofs.package import Inclusion, Previous, ProofFile
-from relay.tree import TreeReader, TreeStore, line_leaf
+from relay.tree import TreeReader, TreeStore
 
 
 class ProofMismatch(EvidenceError):
@@ -45,7 +46,7 @@ def window_leaves(jsonl: Path) -> Iterator[bytes]:
     """The leaf hash of every line of an export file."""
     with jsonl.open("rb") as f:
         for line in f:
-            yield line_leaf(line.rstrip(b"\n").decode())
+            yield leaf_hash(line.rstrip(b"\n"))
 
 
 def write_proofs(

@@ -17,6 +17,12 @@ it; ``--previous`` catches that only against an export the auditor kept from
 before. Such an insider can also restate the fields verify cannot recompute
 (generated_at, generator, chain_head_at_export, the gap lag threshold, which
 verify reports when it is not the default).
+
+With ``--note-key``, verify also checks the package's Merkle proofs against the
+log's signed checkpoint (relay/verify_proofs.py): the records are the leaves of a
+tree the log signed, and that tree extends the previous export's. An insider who
+holds the note key too can sign a rewritten tree; independent witnesses' cosignatures
+are what catch that.
 """
 
 from __future__ import annotations

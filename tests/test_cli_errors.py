@@ -79,6 +79,14 @@ BAD_OPTIONS: dict[str, list[str]] = {
     "--metrics-port": ["http"],
     "--outbox-days": ["0", "month"],
     "--vault-days": ["-1"],
+    "--tsa-url": ["ftp://x", "http://127.0.0.1:9/"],
+    "--tsa-cert": [MISSING, FOLDER, GARBAGE],
+    "--witness-key": ["nope", MISSING, GARBAGE],
+    "--min-witnesses": ["many"],
+    "--key": [MISSING, FOLDER, GARBAGE],
+    "--trusted-log": ["no-equals", "a=notakey"],
+    "--trusted-logs": [MISSING, FOLDER, GARBAGE],
+    "--port": ["http"],
 }
 BAD_POSITIONALS = {"file": [MISSING, FOLDER, GARBAGE]}
 

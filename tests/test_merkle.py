@@ -54,9 +54,18 @@ class FakeClock:
 class Chain:
     """An outbox, a SQLite log with its tree, a note key, an audit key: one chain."""
 
-    def __init__(self, engine: Engine, workdir: Path, rsa_keys: Path, chain: str = "flag-audit"):
+    def __init__(
+        self,
+        engine: Engine,
+        workdir: Path,
+        rsa_keys: Path,
+        chain: str = "flag-audit",
+        log_url: str | None = None,
+        tree_url: str | None = None,
+    ):
         self.workdir, self.keys, self.chain = workdir, rsa_keys, chain
-        self.log_url = f"sqlite:///{workdir / 'log.db'}"
+        self.log_url = log_url or f"sqlite:///{workdir / 'log.db'}"
+        self.tree_url = tree_url or self.log_url
         if not (workdir / "note-private.key").exists():
             generate_note_key(workdir, "log.example")
         self.vkey = (workdir / "note-public.vkey").read_text().strip()
@@ -68,7 +77,7 @@ class Chain:
 
     def writer(self, policy: CheckpointPolicy | None = None) -> TreeWriter:
         return TreeWriter(
-            open_store(self.log_url, self.chain),
+            open_store(self.tree_url, self.chain),
             load_note_signer(self.workdir / "note-private.key"),
             policy,
             clock=self.tree_clock,
@@ -96,7 +105,7 @@ class Chain:
         self, start: date, end: date, out: str, previous: Path | None = None
     ) -> tuple[PackagePaths, dict[str, Any]]:
         with open_log(self.log_url, self.chain, read_only=True) as audit_log:
-            store = open_store(self.log_url, self.chain, read_only=True)
+            store = open_store(self.tree_url, self.chain, read_only=True)
             try:
                 return export_window(
                     audit_log,
@@ -462,3 +471,96 @@ def test_a_log_cut_below_its_signed_checkpoint_stops_the_tree(chain: Chain) -> N
     ):
         writer.catch_up(audit_log)
     assert writer.frozen and writer.maybe_checkpoint(force=True) is None
+
+
+def test_end_to_end_through_the_command_line(workdir: Path) -> None:
+    """keygen, loadgen, relay, checkpoint, export, verify: the operator's path."""
+    assert run_cli("keygen", "--out", "keys", cwd=workdir).returncode == 0
+    keygen = run_cli("keygen", "--type", "note", "--name", "ops.example", "--out", "keys")
+    assert keygen.returncode == 0, keygen.stderr
+    env = {"FLAGTRAIL_NOTE_KEY_PATH": "keys/note-private.key"}
+    assert run_cli("loadgen", "--events", "30", cwd=workdir).returncode == 0
+    relayed = run_cli("relay", "--once", cwd=workdir, env=env)
+    assert relayed.returncode == 0, relayed.stderr
+    shown = run_cli("checkpoint", cwd=workdir)
+    assert shown.stdout.startswith("ops.example/flag-audit\n30\n"), shown.stderr
+    today = datetime.now(UTC).date().isoformat()
+    exported = run_cli(
+        "export", "--start", today, "--end", today, "--out", "out",
+        "--signing-key", "keys/audit-private.pem", cwd=workdir,
+    )  # fmt: skip
+    assert exported.returncode == 0 and "Merkle proofs" in exported.stdout, exported.stderr
+    jsonl = next((workdir / "out").glob("*.jsonl"))
+    verified = run_cli(
+        "verify", str(jsonl), "--pubkey", "keys/audit-public.pem", cwd=workdir,
+        env={"FLAGTRAIL_NOTE_KEYS": (workdir / "keys/note-public.vkey").read_text().strip()},
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "Merkle proofs: checkpoint ops.example/flag-audit size 30" in verified.stdout
+
+
+def test_the_relay_daemon_serves_its_checkpoints_and_heartbeats(workdir: Path) -> None:
+    """A running relay signs a checkpoint when idle every T seconds (a heartbeat: the
+    same tree, a later time) and serves the latest at GET /v1/checkpoint."""
+    import os
+    import subprocess
+    import time
+    import urllib.request
+
+    from tests.conftest import FLAGTRAIL, free_port, wait_for
+
+    generate_note_key(workdir, "ops.example")
+    assert run_cli("loadgen", "--events", "5", cwd=workdir).returncode == 0
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLAGTRAIL_NOTE_KEY_PATH": "note-private.key",
+        "FLAGTRAIL_CHECKPOINT_SECONDS": "0.5",
+    }
+    daemon = subprocess.Popen(
+        [*FLAGTRAIL, "relay", "--metrics-port", str(port), "--idle-wait", "0.1"],
+        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def latest() -> bytes | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/checkpoint") as answer:
+                return answer.read()
+        except OSError:
+            return None
+
+    try:
+        wait_for(lambda: (latest() or b"").startswith(b"ops.example/flag-audit\n5\n"), 60, "cp")
+        first = parse_checkpoint(split_note(latest())[0])
+        time.sleep(1.5)
+        later = parse_checkpoint(split_note(latest())[0])
+        assert later.size == first.size == 5 and later.root_hash == first.root_hash
+        assert signed_time(later) > signed_time(first)  # a heartbeat while idle
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+
+
+def test_the_writer_proves_its_tree_extends_an_older_one(chain: Chain) -> None:
+    """What the relay hands a witness with each checkpoint: consistency from the size
+    the witness last cosigned."""
+    from relay.proofs.merkle import verify_consistency
+
+    chain.record(270)
+    old = parse_checkpoint(
+        split_note(open_store(chain.log_url, chain.chain).latest_checkpoint())[0]
+    )
+    notes: list[bytes] = []
+    writer = chain.writer()
+    writer.on_checkpoint.append(notes.append)
+    relay = chain.relay(writer)
+    relay.resume()
+    chain.outbox.clock = chain.clock
+    for n in range(30):
+        with chain.engine.begin() as conn:
+            chain.outbox.record(conn, good_change(n))
+    relay.drain()
+    new = parse_checkpoint(split_note(notes[-1])[0])
+    assert new.size == 300
+    proof = writer.consistency_from(old.size)
+    verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof)

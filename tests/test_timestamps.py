@@ -148,6 +148,17 @@ def test_a_token_for_another_digest_fails(
     _fails_both(stamped, rsa_keys, tsas[0].ca, "another digest")
 
 
+def test_a_token_with_another_nonce_fails(
+    stamped: PackagePaths, rsa_keys: Path, tsas: tuple[Tsa, Tsa]
+) -> None:
+    nonce = int(json.loads(stamped.manifest.read_bytes())["timestamp"]["nonce"])
+    digest = hashlib.sha256(stamped.manifest.read_bytes()).digest()
+    token_path(stamped).write_bytes(request_token(tsas[0].url, digest, nonce + 1))
+    assert _openssl_verify(stamped, tsas[0].ca).returncode == 0  # openssl does not know it…
+    done = _verify(stamped, rsa_keys, "--tsa-cert", str(tsas[0].ca))  # …the signed manifest does
+    assert done.returncode == 1 and "nonce" in done.stdout, done.stdout
+
+
 def test_a_token_from_an_untrusted_tsa_fails(
     stamped: PackagePaths, rsa_keys: Path, tsas: tuple[Tsa, Tsa]
 ) -> None:

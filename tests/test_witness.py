@@ -199,7 +199,10 @@ def test_concurrent_requests_cannot_roll_the_witness_back(
     assert results.count(200) == 1 and results.count(409) == len(bodies) - 1
 
 
-def _serve(tmp_path: Path, key_file: Path, log_vkey: str) -> tuple[subprocess.Popen, str]:
+def _serve(
+    tmp_path: Path, key_file: Path, log_vkey: str, *trust: str
+) -> tuple[subprocess.Popen, str]:
+    trust = trust or ("--trusted-log", f"{ORIGIN}={log_vkey}")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -209,8 +212,7 @@ def _serve(tmp_path: Path, key_file: Path, log_vkey: str) -> tuple[subprocess.Po
             "serve",
             "--key",
             str(key_file),
-            "--trusted-log",
-            f"{ORIGIN}={log_vkey}",
+            *trust,
             "--state",
             str(tmp_path / "w.db"),
             "--port",
@@ -259,7 +261,9 @@ def test_the_command_keeps_its_state_across_a_restart(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-    proc, url = _serve(tmp_path, key_file, log_key[1])
+    logs_file = tmp_path / "logs.txt"
+    logs_file.write_text(f"# origin and note key of each log\n{ORIGIN} {log_key[1]}\n")
+    proc, url = _serve(tmp_path, key_file, log_key[1], "--trusted-logs", str(logs_file))
     try:
         rolled_back = Tree(records(3), log_key[0])
         assert post(url, rolled_back.request(0))[:3:2] == (409, b"6\n")

@@ -122,6 +122,21 @@ def test_an_exported_checkpoint_carries_the_cosignature_verify_requires(
     assert report.exit_code == 1 and "cosigned by 1 of the trusted witnesses" in str(report.finding)
 
 
+def test_an_export_takes_the_cosigned_checkpoint_over_a_newer_heartbeat_of_the_same_tree(
+    chain: Chain, witness_keys: tuple[str, str], witness_url: str
+) -> None:
+    _cosigned_package(chain, witness_keys, witness_url)
+    cosigned = _latest(chain)
+    writer = chain.writer()
+    with open_log(chain.log_url, chain.chain) as audit_log:
+        writer.catch_up(audit_log)
+    chain.tree_clock.now += 10_000  # a heartbeat, signed after the witness answered
+    assert writer.maybe_checkpoint() is not None and _latest(chain) != cosigned
+    _, manifest = _export(chain, "again")
+    assert manifest["merkle"]["checkpoint"].startswith(cosigned.decode())
+    assert f"— {NAME} " in manifest["merkle"]["checkpoint"]
+
+
 def test_a_forged_cosignature_fails_and_a_stranger_s_does_not_count(
     chain: Chain, witness_keys: tuple[str, str], witness_url: str
 ) -> None:

@@ -61,7 +61,10 @@ def parse_witnesses(text: str | None) -> list[WitnessEndpoint]:
     if not text or not text.strip():
         return []
     if "\n" not in text and " " not in text.strip() and Path(text.strip()).is_file():
-        text = Path(text.strip()).read_text()
+        try:
+            text = Path(text.strip()).read_text()
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(f"{WITNESSES_ENV}: cannot read {text.strip()} as text") from None
     endpoints = []
     for raw in text.replace(",", "\n").splitlines():
         entry = raw.split("#", 1)[0].strip()
@@ -246,8 +249,8 @@ class WitnessClient:
         with self._cond:
             return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, timeout: float = 5.0) -> None:
+        self.flush(timeout)  # bounded: a stopping relay waits this long for a slow witness
         with self._cond:
             self._closed = True
             self._cond.notify_all()

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from producers.errors import BackendUnavailable
 from relay.proofs.checkpoint import parse_checkpoint, signed_time
 from relay.proofs.note import split_note
-from relay.tree import TreeStore
+from relay.tree import TreeStore, checkpoints_table
 
 _metadata = MetaData()
 cosignatures_table = Table(
@@ -109,5 +109,29 @@ class CosignedTreeStore:
         return getattr(self._store, name)
 
     def latest_checkpoint(self) -> bytes | None:
+        """The latest checkpoint with its cosignatures; when it has none yet (a heartbeat
+        signed a moment ago), the latest cosigned one of the same tree, which proves
+        the same records."""
         note = self._store.latest_checkpoint()
-        return None if note is None else self._cosignatures.attach(note)
+        if note is None:
+            return None
+        attached = self._cosignatures.attach(note)
+        if attached != note or not self._cosignatures.exists:
+            return attached
+        size, _ = _key(note)
+        c, w = checkpoints_table.c, cosignatures_table.c
+        query = (
+            select(c.note)
+            .join(
+                cosignatures_table,
+                (w.chain_id == c.chain_id)
+                & (w.tree_size == c.tree_size)
+                & (w.signed_at == c.signed_at),
+            )
+            .where(c.chain_id == self._store.chain_id, c.tree_size == size)
+            .order_by(c.signed_at.desc())
+            .limit(1)
+        )
+        with self._store.engine.connect() as conn:
+            cosigned = conn.execute(query).scalar()
+        return attached if cosigned is None else self._cosignatures.attach(cosigned.encode())

@@ -17,12 +17,17 @@ WITNESS_VKEY_FILE = "witness.vkey"
 def generate_key_files(out_dir: Path, name: str, overwrite: bool = False) -> tuple[Path, str]:
     """witness.key (0600) and witness.vkey in out_dir; returns the key path and vkey."""
     skey, vkey = generate_witness_key(name)
-    out_dir.mkdir(parents=True, exist_ok=True)
     private, public = out_dir / WITNESS_KEY_FILE, out_dir / WITNESS_VKEY_FILE
-    if not overwrite and (private.exists() or public.exists()):
-        raise ConfigError(f"{private} already exists: a witness keeps its key (--force replaces)")
-    write_private_file(private, (skey + "\n").encode())
-    public.write_text(vkey + "\n")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not overwrite and (private.exists() or public.exists()):
+            raise ConfigError(
+                f"{private} already exists: a witness keeps its key (--force replaces)"
+            )
+        write_private_file(private, (skey + "\n").encode())
+        public.write_text(vkey + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the witness key in {out_dir}: {exc.strerror}") from None
     return private, vkey
 
 
@@ -31,6 +36,8 @@ def load_cosigner(path: Path) -> Cosigner:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read the witness key {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the witness key {path} is not a key text file") from None
     return parse_witness_skey(text)
 
 
@@ -53,6 +60,8 @@ def read_logs_file(path: Path) -> list[str]:
         lines = path.read_text().splitlines()
     except OSError as exc:
         raise ConfigError(f"cannot read the witness's log list {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the witness's log list {path} is not text") from None
     entries = []
     for line in lines:
         line = line.split("#", 1)[0].strip()

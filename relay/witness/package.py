@@ -28,7 +28,11 @@ def load_witness_keys(given: Sequence[str]) -> list[CosignatureVerifier]:
     for value in values:
         value = value.strip()
         if "+" not in value and Path(value).is_file():
-            lines = [ln.split("#", 1)[0].strip() for ln in Path(value).read_text().splitlines()]
+            try:
+                text = Path(value).read_text()
+            except (OSError, UnicodeDecodeError):
+                raise ConfigError(f"--witness-key: cannot read {value} as text") from None
+            lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
             keys.extend(parse_witness_vkey(ln) for ln in lines if ln)
         else:
             keys.append(parse_witness_vkey(value))
