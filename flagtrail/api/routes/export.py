@@ -62,12 +62,11 @@ class ExportPull:
     """One pull: the open log, the checked stream, and its receipt at the end."""
 
     def __init__(self, ctx: ApiContext, token: TokenInfo, win: Window) -> None:
+        from flagtrail.service import open_audit_log
         from relay.export import WindowStream
-        from relay.logs import open_log
 
         self.ctx, self.token, self.win = ctx, token, win
-        s = ctx.config.settings
-        self.log = open_log(s.log_url, s.chain_id, read_only=True)
+        self.log = open_audit_log(ctx.config.settings)
         try:
             self.stream = WindowStream(self.log, win.start, win.end, ctx.config.chunk_bytes)
         except BaseException:
