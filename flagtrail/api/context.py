@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from flagtrail.api.config import ApiConfig
 from flagtrail.api.metrics import ApiMetrics
 from flagtrail.api.ratelimit import RateLimiter
+from flagtrail.api.receipts import ReceiptWriter
 from flagtrail.api.tokens import TokenStore
 
 if TYPE_CHECKING:
@@ -24,29 +25,27 @@ class ApiContext:
     tokens: TokenStore
     limiter: RateLimiter
     metrics: ApiMetrics
-    _outbox: Outbox | None = None
+    outbox: Outbox
+    receipts: ReceiptWriter
 
     @classmethod
     def build(cls, config: ApiConfig) -> ApiContext:
+        """Everything made once, at start-up (the outbox schema too: never in a race)."""
         from flagtrail.settings import make_engine
+        from producers.outbox import Outbox
 
-        engine = make_engine(config.settings.outbox_url)
+        s = config.settings
+        engine = make_engine(s.outbox_url)
+        outbox = Outbox(engine, s.identities, chain_id=s.chain_id)
         return cls(
             config,
             engine,
             TokenStore(engine),
             RateLimiter(config.rate_per_minute, config.rate_burst),
             ApiMetrics(),
+            outbox,
+            ReceiptWriter(outbox),
         )
-
-    def outbox(self) -> Outbox:
-        """The outbox that chains evidence_exported receipts (made on first use)."""
-        if self._outbox is None:
-            from producers.outbox import Outbox
-
-            s = self.config.settings
-            self._outbox = Outbox(self.engine, s.identities, chain_id=s.chain_id)
-        return self._outbox
 
 
 def context_of(request: Request) -> ApiContext:
