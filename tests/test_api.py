@@ -612,3 +612,27 @@ def test_a_token_revoked_mid_stream_stops_the_stream(tmp_path: Path, rsa_keys: P
     pull.end(complete=False, client_left=False)
     [receipt] = receipts(folder)
     assert receipt["meta"]["outcome"] == "aborted" and receipt["meta"]["record_count"] == 2
+
+
+def test_concurrent_first_pulls_all_complete_with_their_receipts(
+    tmp_path: Path, rsa_keys: Path
+) -> None:
+    """A fresh outbox database (only the token table): the first pulls arrive together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder = chain_folder(tmp_path / "first", rsa_keys, records=10)
+    (folder / "outbox.db").unlink()
+    for extra in ("outbox.db-wal", "outbox.db-shm"):
+        (folder / extra).unlink(missing_ok=True)
+    secret = make_token(folder, "many", "export:read")
+    with serve(folder) as server:
+
+        def pull(_: int) -> int:
+            got = httpx.get(f"{server.url}/v1/export", params=H1, headers=auth(secret))
+            return got.status_code if got.content.count(b"\n") == 10 else -1
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(pull, range(12)))
+        assert codes == [200] * 12
+        assert "receipt_failed" not in server.log()
+    assert len(receipts(folder)) == 12
