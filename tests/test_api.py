@@ -415,6 +415,10 @@ def test_metrics_and_openapi(api: Server) -> None:
     spec = httpx.get(f"{api.url}/openapi.json").json()
     assert {"/v1/export", "/v1/package", "/v1/head", "/healthz", "/metrics"} <= set(spec["paths"])
     assert "application/x-www-form-urlencoded" in json.dumps(spec["paths"]["/v1/export"]["post"])
+    # read-only by construction: nothing but GET, and the seed's form POST that reads too
+    methods = {(path, m) for path, ops in spec["paths"].items() for m in ops}
+    assert {m for _, m in methods} <= {"get", "post"}
+    assert {path for path, m in methods if m == "post"} == {"/v1/export"}
 
 
 # -- rate limit ---------------------------------------------------------------------------------
@@ -433,6 +437,12 @@ def test_a_token_over_its_rate_gets_429_with_retry_after(tmp_path: Path, rsa_key
         assert int(limited.headers["retry-after"]) >= 1
         assert limited.json()["type"].endswith("rate-limited")
         assert httpx.get(f"{server.url}/v1/head", headers=auth(other)).status_code == 200
+        # guessing tokens from one address is throttled too
+        guesses = [
+            httpx.get(f"{server.url}/v1/head", headers=auth(f"ftk_guess{n}")).status_code
+            for n in range(5)
+        ]
+        assert guesses[:3] == [401, 401, 401] and guesses[3:] == [429, 429]
 
 
 # -- TLS ----------------------------------------------------------------------------------------
