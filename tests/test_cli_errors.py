@@ -81,6 +81,7 @@ BAD_OPTIONS: dict[str, list[str]] = {
     "--tls-cert": [MISSING, GARBAGE],
     "--max-window-days": ["0"],
     "--rate-limit": ["-5"],
+    "--max-streams": ["0"],
     "--scope": ["flags:write"],
     "--expires": ["soon", "0d"],
 }

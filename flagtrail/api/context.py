@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from flagtrail.api.config import ApiConfig
@@ -27,6 +30,15 @@ class ApiContext:
     metrics: ApiMetrics
     outbox: Outbox
     receipts: ReceiptWriter
+    _slots: asyncio.Semaphore | None = field(default=None, repr=False)
+
+    @asynccontextmanager
+    async def stream_slot(self) -> AsyncIterator[None]:
+        """Wait for one of ``max_streams`` slots: memory stays bounded however many pull."""
+        if self._slots is None:  # made in the event loop that serves
+            self._slots = asyncio.Semaphore(self.config.max_streams)
+        async with self._slots:
+            yield
 
     @classmethod
     def build(cls, config: ApiConfig) -> ApiContext:

@@ -56,6 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_positive,
         help="requests a minute per token [env FLAGTRAIL_API_RATE_LIMIT, default 120]",
     )
+    p.add_argument(
+        "--max-streams",
+        type=_positive,
+        help="exports and packages streamed at once; more wait their turn "
+        "[env FLAGTRAIL_API_MAX_STREAMS, default 8]",
+    )
     _add_signing_key(p, "packages from /v1/package")
     _add_backends(p)
     p.set_defaults(func=cmd_serve)
@@ -93,6 +99,7 @@ def api_config(args: argparse.Namespace):  # -> ApiConfig
         tls_key=Path(args.tls_key) if args.tls_key else None,
         max_window_days=_env_int("FLAGTRAIL_API_MAX_WINDOW_DAYS", args.max_window_days, 400),
         rate_per_minute=_env_int("FLAGTRAIL_API_RATE_LIMIT", args.rate_limit, 120),
+        max_streams=_env_int("FLAGTRAIL_API_MAX_STREAMS", args.max_streams, 8),
     )
 
 

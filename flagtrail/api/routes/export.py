@@ -113,8 +113,14 @@ async def _export(request: Request, token: TokenInfo, pairs: list[tuple[str, str
 
     ctx = context_of(request)
     win = window(single_values(pairs, PARAMETERS), ctx.config.max_window_days)
-    pull = await run_in_threadpool(ExportPull, ctx, token, win)
-    return CheckedStream(pull.chunks(), NDJSON, pull.end)
+    slot = ctx.stream_slot()
+    await slot.__aenter__()
+    try:
+        pull = await run_in_threadpool(ExportPull, ctx, token, win)
+    except BaseException as exc:
+        await slot.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    return CheckedStream(pull.chunks(), NDJSON, pull.end, slot=slot)
 
 
 @router.get(ROUTE, tags=["evidence"], summary="the window's export JSONL", responses=RESPONSES)

@@ -112,10 +112,17 @@ async def package(
         single_values(request.query_params.multi_items(), {"start", "end", "controls"}),
         ctx.config.max_window_days,
     )
-    pull = await run_in_threadpool(PackagePull, ctx, token, win)
+    slot = ctx.stream_slot()
+    await slot.__aenter__()
+    try:
+        pull = await run_in_threadpool(PackagePull, ctx, token, win)
+    except BaseException as exc:
+        await slot.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
     return CheckedStream(
         pull.chunks(),
         TAR_GZ,
         pull.end,
         headers={"Content-Disposition": f'attachment; filename="{pull.name}"'},
+        slot=slot,
     )
