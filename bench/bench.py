@@ -745,6 +745,13 @@ def _verify_only(lines: list[str], args: argparse.Namespace) -> None:
     verify_vs_seed(lines, args.verify_events, all_non_ascii=False, foreign=True)
 
 
+def _bench_api(lines: list[str], args: argparse.Namespace) -> None:
+    from api_bench import bench_api, bench_latency
+
+    bench_api(lines, args.api_events, fresh)
+    bench_latency(lines, args.api_per_day, fresh)
+
+
 # name -> (what it measures, run); `embedded` includes the verify ratios
 PARTS: dict[str, tuple[str, Callable[[list[str], argparse.Namespace], None]]] = {
     "embedded": (
@@ -772,8 +779,9 @@ PARTS: dict[str, tuple[str, Callable[[list[str], argparse.Namespace], None]]] = 
         "the Merkle tree's cost on PostgreSQL → Kafka",
         lambda lines, a: bench_merkle_scale(lines, a.drain_events, a.tree_pairs),
     ),
+    "api": ("the evidence API: streaming a large window, concurrent pulls, latency", _bench_api),
 }
-DEFAULT_PARTS = ("embedded", "scale", "privacy", "oidc", "merkle", "merkle-scale")
+DEFAULT_PARTS = ("embedded", "scale", "privacy", "oidc", "merkle", "merkle-scale", "api")
 
 
 def main() -> None:
@@ -794,6 +802,8 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=int, default=60)
     parser.add_argument("--proof-window", type=int, default=1_000_000)
     parser.add_argument("--tree-pairs", type=int, default=5, help="drains with/without the tree")
+    parser.add_argument("--api-events", type=int, default=1_000_000)
+    parser.add_argument("--api-per-day", type=int, default=200)
     args = parser.parse_args()
     args.parts = args.parts or list(DEFAULT_PARTS)
     if unknown := set(args.parts) - set(PARTS):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -48,13 +49,13 @@ def identities_path(given: str | None = None) -> str:
     return setting("FLAGTRAIL_IDENTITIES", given)
 
 
-def tree_url(log: str, given: str | None = None) -> str:
+def tree_url(log: str, given: str | None = None, outbox_url: str | None = None) -> str:
     """Where the chains' Merkle trees live (relay/tree.py): FLAGTRAIL_TREE_URL, else the
     SQLite log's own file, else (a Kafka log) the outbox database."""
     explicit = given or os.environ.get("FLAGTRAIL_TREE_URL")
     if explicit:
         return explicit
-    return log if log.startswith("sqlite:///") else outbox_url()
+    return log if log.startswith("sqlite:///") else (outbox_url or globals()["outbox_url"]())
 
 
 def note_key_path(given: str | None = None) -> tuple[Path, bool]:
@@ -80,6 +81,56 @@ def kafka_replication() -> tuple[int, int]:
 
     values = _kafka_settings("(settings)", "")
     return int(values["replication_factor"]), int(values["min_insync_replicas"])  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting a command or the API needs, resolved once (flag, then environment,
+    then default) and passed down: nothing below the CLI reads the environment again."""
+
+    outbox_url: str
+    log_url: str
+    chain_id: str
+    identities: str
+    signing_key: Path
+    tree_url: str = ""  # where the chain's Merkle tree lives (tree_url below)
+    note_key: Path = Path(DEFAULTS["FLAGTRAIL_NOTE_KEY_PATH"])  # the checkpoints' signer
+    note_key_named: bool = False  # named by flag or environment: missing is an error
+    tsa_url: str | None = None  # the time-stamping authority asked at export (RFC 3161)
+
+    @classmethod
+    def resolve(
+        cls,
+        outbox: str | None = None,
+        log: str | None = None,
+        chain: str | None = None,
+        identities: str | None = None,
+        signing_key: str | None = None,
+    ) -> Settings:
+        outbox, log = outbox_url(outbox), log_url(log)
+        note_key, note_key_named = note_key_path()
+        return cls(
+            outbox_url=outbox,
+            log_url=log,
+            chain_id=chain_id(chain),
+            identities=identities_path(identities),
+            signing_key=Path(setting("AUDIT_SIGNING_KEY_PATH", signing_key)),
+            tree_url=tree_url(log, outbox_url=outbox),
+            note_key=note_key,
+            note_key_named=note_key_named,
+            tsa_url=os.environ.get("FLAGTRAIL_TSA_URL") or None,
+        )
+
+    @classmethod
+    def from_args(cls, args: object) -> Settings:
+        """From a command's parsed flags (a command without a flag takes the default)."""
+        return cls.resolve(
+            getattr(args, "outbox_url", None),
+            getattr(args, "log_url", None),
+            getattr(args, "chain", None),
+            getattr(args, "identities", None),
+            getattr(args, "signing_key", None),
+        )
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -28,6 +29,7 @@ APPROVAL_REPLAYED = Violation(
     "CC6.6",
     "SOC2 CC6.6: approval token refused: it was already used for a change",
 )
+DEFAULT_IDENTITIES = "identities.toml"
 
 
 def _epoch_us(moment: datetime) -> int:
@@ -91,9 +93,11 @@ class Outbox:
         self.chain_id = chain_id
         self.clock = clock
         if identities is None or isinstance(identities, str):
-            from flagtrail.settings import identities_path
-
-            identities = FileIdentityDirectory(identities or identities_path())
+            # the library's own default, never the CLI's settings: callers that resolved
+            # settings (flagtrail.settings.Settings) pass the path
+            identities = FileIdentityDirectory(
+                identities or os.environ.get("FLAGTRAIL_IDENTITIES") or DEFAULT_IDENTITIES
+            )
         self.identities = identities
         # who acted and approved: the directory, or the policy's [oidc] provider's tokens
         self.identity_source = identity_source(

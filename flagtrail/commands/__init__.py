@@ -21,6 +21,8 @@ MODULES: tuple[str, ...] = (
     "checkpoint",
     "witness",
     "approval",
+    "serve",
+    "token",
 )
 
 
