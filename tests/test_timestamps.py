@@ -189,6 +189,17 @@ def test_a_token_whose_gen_time_was_edited_fails(
     _fails_both(stamped, rsa_keys, tsas[0].ca, "altered")
 
 
+def test_a_truncated_or_garbage_token_is_a_finding_not_a_crash(
+    stamped: PackagePaths, rsa_keys: Path, tsas: tuple[Tsa, Tsa]
+) -> None:
+    token = token_path(stamped).read_bytes()
+    for bad in (token[: len(token) // 2], b"\x30\x03\x02\x01\x00", b"not DER at all"):
+        token_path(stamped).write_bytes(bad)
+        done = _verify(stamped, rsa_keys, "--tsa-cert", str(tsas[0].ca))
+        assert done.returncode == 1 and "timestamp" in done.stdout, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def test_a_token_moved_from_another_package_fails(
     chain: Path, stamped: PackagePaths, rsa_keys: Path, tsas: tuple[Tsa, Tsa]
 ) -> None:
