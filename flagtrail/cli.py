@@ -182,6 +182,7 @@ def _relay(args: argparse.Namespace):  # -> relay.relay.Relay
     log_url = settings.log_url(args.log_url)
     audit_log = open_log(log_url, source.chain_id)
     tree = open_writer(settings.tree_url(log_url), source.chain_id, *settings.note_key_path())
+    from relay.checkpoint_stamps import stamper_for
     from relay.witness.client import witness_client_for
 
     return Relay(
@@ -192,6 +193,7 @@ def _relay(args: argparse.Namespace):  # -> relay.relay.Relay
         max_payload_bytes=args.max_payload_bytes,
         tree=tree,
         witnesses=witness_client_for(tree, log_url, source.chain_id),
+        stamper=stamper_for(tree.store),
     )
 
 
@@ -228,6 +230,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
             server.shutdown()
         if relay.witnesses is not None:
             relay.witnesses.close()  # the last checkpoint goes to the witnesses before exit
+        if relay.stamper is not None:
+            relay.stamper.close()
         lease.release()
         relay.log.close()
         relay.source.close()
