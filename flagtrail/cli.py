@@ -215,6 +215,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
             server.shutdown()
         if relay.witnesses is not None:
             relay.witnesses.close()  # the last checkpoint goes to the witnesses before exit
+        if relay.stamper is not None:
+            relay.stamper.close()
         lease.release()
         relay.log.close()
         relay.source.close()

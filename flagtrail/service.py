@@ -45,6 +45,7 @@ def make_relay(
     settings: Settings, batch_size: int, clock_skew_tolerance_s: float, max_payload_bytes: int
 ) -> Relay:
     from flagtrail.settings import make_engine
+    from relay.checkpoint_stamps import stamper_for
     from relay.logs import open_log
     from relay.outbox import open_outbox_source
     from relay.relay import Relay
@@ -64,6 +65,7 @@ def make_relay(
         max_payload_bytes=max_payload_bytes,
         tree=tree,
         witnesses=witness_client_for(tree, settings.log_url, source.chain_id),
+        stamper=stamper_for(tree.store),  # RFC 3161 on checkpoints, when configured
     )
 
 

@@ -355,6 +355,12 @@ def export_window(
         )
     if manifest["merkle"] is None:
         paths.proof.unlink(missing_ok=True)  # a stale one from an earlier run binds nothing
+    manifest["checkpoint_timestamp"] = None
+    if manifest["merkle"] is not None and tree is not None:
+        from relay.checkpoint_stamps import CheckpointStamps
+
+        stamps = CheckpointStamps(tree.engine, tree.chain_id, read_only=True)
+        manifest["checkpoint_timestamp"] = stamps.find(manifest["merkle"]["checkpoint"].encode())
     if old is not None:
         _link_previous(audit_log, manifest, old, paths, since, facts)
     if manifest["link"] is None:

@@ -41,6 +41,7 @@ NOT_DERIVED = frozenset(
         "public_key_fingerprint",
         "statements_after_window",
         "sha256",
+        "checkpoint_timestamp",  # RFC 3161 over the checkpoint (relay/checkpoint_stamps.py)
         "timestamp",  # RFC 3161: the TSA, the nonce and the token file (relay/stamping.py)
     }
 )

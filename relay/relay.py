@@ -49,6 +49,7 @@ from relay.quarantine import (
 from relay.tree import TreeMismatch, TreeWriter
 
 if TYPE_CHECKING:
+    from relay.checkpoint_stamps import CheckpointStamper
     from relay.witness.client import WitnessClient
 
 log = structlog.get_logger("flagtrail.relay")
@@ -322,10 +323,14 @@ class Relay:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         tree: TreeWriter | None = None,
         witnesses: WitnessClient | None = None,
+        stamper: CheckpointStamper | None = None,
     ) -> None:
         self.source = source
         self.tree = tree
         self.witnesses = witnesses
+        self.stamper = stamper
+        if stamper is not None and tree is not None:  # RFC 3161 on checkpoints, when configured
+            tree.on_checkpoint.append(stamper.submit)
         if witnesses is not None:
             witnesses.observer = self  # forwards to self.observer, which may be set later
             if tree is not None:  # each new checkpoint, sent on the client's own thread
@@ -565,6 +570,8 @@ class Relay:
         self.checkpoint_tree(force=True)
         if self.witnesses is not None:
             self.witnesses.flush()  # `relay --once` exits with its checkpoint witnessed
+        if self.stamper is not None:
+            self.stamper.flush()
         return total
 
     def run(

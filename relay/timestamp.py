@@ -134,7 +134,6 @@ def _signed_data(token_der: bytes) -> cms.SignedData:
         signed = info["content"]
         if signed["encap_content_info"]["content_type"].native != "tst_info":
             raise TimestampError("the timestamp token does not hold a TSTInfo")
-        signed.native  # noqa: B018 - parse every field now, so a malformed one fails here
         return signed
     except (ValueError, TypeError, KeyError) as exc:
         raise TimestampError(f"the timestamp token is not valid DER ({exc})") from None
@@ -283,6 +282,19 @@ def check_token(
     """Check that the token stamps ``digest`` (SHA-256) with ``nonce`` (when given), that
     its CMS signature holds, and, when ``trusted`` is not empty, that its signer is a TSA
     certificate chaining to one of them. Raises TimestampError otherwise."""
+    try:
+        return _check_token(token_der, digest, nonce, trusted)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        # asn1crypto parses lazily: a malformed field shows where it is first read
+        raise TimestampError(f"the timestamp token is malformed ({exc})") from None
+
+
+def _check_token(
+    token_der: bytes,
+    digest: bytes,
+    nonce: int | None,
+    trusted: Sequence[x509.Certificate],
+) -> TokenFacts:
     signed = _signed_data(token_der)
     content = signed["encap_content_info"]["content"]
     tst: tsp.TSTInfo = content.parsed

@@ -610,9 +610,15 @@ def _check_timestamp(
     manifest_data: bytes,
     tsa_certs: Sequence[Certificate],
 ) -> None:
+    from relay.checkpoint_stamps import check_checkpoint_stamp
     from relay.stamping import check_package  # asn1crypto only when a package is checked
 
     report.timestamp, problem = check_package(paths, manifest, manifest_data, tsa_certs)
+    if problem is not None:
+        report.fail(max(report.records, 1), f"timestamp: {problem}")
+    said, problem = check_checkpoint_stamp(manifest, tuple(tsa_certs))
+    if said is not None:
+        report.timestamp += f"; {said}"
     if problem is not None:
         report.fail(max(report.records, 1), f"timestamp: {problem}")
 

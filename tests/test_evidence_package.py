@@ -173,6 +173,7 @@ MANIFEST_FIELDS = [
     "anchor",
     "chain_head_at_export",
     "chain_id",
+    "checkpoint_timestamp",
     "control_counts",
     "controls_reported",
     "documented_gaps",

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
@@ -189,6 +190,17 @@ def test_a_token_whose_gen_time_was_edited_fails(
     _fails_both(stamped, rsa_keys, tsas[0].ca, "altered")
 
 
+def test_a_truncated_or_garbage_token_is_a_finding_not_a_crash(
+    stamped: PackagePaths, rsa_keys: Path, tsas: tuple[Tsa, Tsa]
+) -> None:
+    token = token_path(stamped).read_bytes()
+    for bad in (token[: len(token) // 2], b"\x30\x03\x02\x01\x00", b"not DER at all"):
+        token_path(stamped).write_bytes(bad)
+        done = _verify(stamped, rsa_keys, "--tsa-cert", str(tsas[0].ca))
+        assert done.returncode == 1 and "timestamp" in done.stdout, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def test_a_token_moved_from_another_package_fails(
     chain: Path, stamped: PackagePaths, rsa_keys: Path, tsas: tuple[Tsa, Tsa]
 ) -> None:
@@ -247,3 +259,60 @@ def test_bad_tsa_settings_are_one_sentence(chain: Path, rsa_keys: Path, tmp_path
     done = run_cli("verify", str(chain / "none.jsonl"), "--tsa-cert", str(not_pem))
     assert done.returncode == 2 and "no PEM certificate" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- checkpoints, when configured ----------------------------------------------------------------
+def test_checkpoints_are_stamped_when_configured(
+    chain: Path, rsa_keys: Path, tsas: tuple[Tsa, Tsa], tmp_path: Path
+) -> None:
+    from relay.manifest import write_signed
+    from relay.proofs.note import split_note
+    from relay.signing import load_private_key
+    from relay.tree import generate_note_key
+
+    generate_note_key(chain, "log.example")
+    env = {
+        "FLAGTRAIL_NOTE_KEY_PATH": str(chain / "note-private.key"),
+        "FLAGTRAIL_TSA_URL": tsas[0].url,
+        "FLAGTRAIL_TSA_CHECKPOINTS": "1",
+    }
+    done = run_cli("relay", "--once", cwd=chain, env=env)
+    assert done.returncode == 0, done.stderr
+    done, paths = _export(chain, rsa_keys, "--tsa-url", tsas[0].url)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(paths.manifest.read_bytes())
+    stamp = manifest["checkpoint_timestamp"]
+    assert stamp and stamp["token"]
+    # openssl agrees: the token stamps the checkpoint's note text
+    text = tmp_path / "checkpoint.txt"
+    text.write_bytes(split_note(manifest["merkle"]["checkpoint"].encode())[0])
+    token = tmp_path / "checkpoint.tsr"
+    token.write_bytes(base64.b64decode(stamp["token"]))
+    openssl = subprocess.run(
+        ["openssl", "ts", "-verify", "-data", str(text), "-in", str(token), "-token_in",
+         "-CAfile", str(tsas[0].ca)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert openssl.returncode == 0, openssl.stderr
+    ok = _verify(paths, rsa_keys, "--tsa-cert", str(tsas[0].ca))
+    assert ok.returncode == 0 and "the checkpoint existed at" in ok.stdout, ok.stdout
+    # an insider swaps in a token of the rogue TSA (and re-signs the manifest)
+    digest = hashlib.sha256(text.read_bytes()).digest()
+    rogue = request_token(tsas[1].url, digest, int(stamp["nonce"]))
+    manifest["checkpoint_timestamp"]["token"] = base64.b64encode(rogue).decode()
+    write_signed(
+        paths.manifest, paths.manifest_signature, manifest,
+        load_private_key(rsa_keys / "audit-private.pem"),
+    )  # fmt: skip
+    token_path(paths).write_bytes(  # and re-stamps the re-signed manifest with the real TSA
+        request_token(
+            tsas[0].url,
+            hashlib.sha256(paths.manifest.read_bytes()).digest(),
+            int(manifest["timestamp"]["nonce"]),
+        )
+    )
+    bad = _verify(paths, rsa_keys, "--tsa-cert", str(tsas[0].ca))
+    assert bad.returncode == 1 and "checkpoint's timestamp" in bad.stdout, bad.stdout
+    # configured without a TSA: one sentence, exit 2
+    missing = run_cli("relay", "--once", cwd=chain, env={**env, "FLAGTRAIL_TSA_URL": ""})
+    assert missing.returncode == 2 and "FLAGTRAIL_TSA_CHECKPOINTS" in missing.stderr

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import http.client
 import os
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from producers.errors import ConfigError, EvidenceError
+from relay.latest import LatestWorker
 from relay.proofs.checkpoint import Checkpoint, parse_checkpoint
 from relay.proofs.merkle import NodeReader, consistency_proof
 from relay.proofs.note import split_note
@@ -140,11 +140,7 @@ class WitnessClient:
         self.cosignatures = cosignatures
         self.observer: WitnessObserver = observer or _Silent()
         self.sizes: dict[str, int] = {}  # what each witness last cosigned, as far as we know
-        self._pending: bytes | None = None
-        self._busy = False
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._worker: LatestWorker[bytes] = LatestWorker(self.send, "witness-client")
 
     # -- synchronous -----------------------------------------------------------------------
     def send(self, note: bytes) -> list[Outcome]:
@@ -216,44 +212,15 @@ class WitnessClient:
     # -- in the background -----------------------------------------------------------------
     def submit(self, note: bytes) -> None:
         """Queue a checkpoint (a newer one replaces one not yet sent)."""
-        if not self.witnesses:
-            return
-        with self._cond:
-            self._pending = note
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="witness-client", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify_all()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending is None and not self._closed:
-                    self._cond.wait()
-                if self._pending is None:
-                    return
-                note, self._pending, self._busy = self._pending, None, True
-            try:
-                self.send(note)
-            except Exception as exc:  # never let a witness kill the relay's thread
-                log.error("witness.error", error=f"{exc.__class__.__name__}: {exc}")
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+        if self.witnesses:
+            self._worker.submit(note)
 
     def flush(self, timeout: float = 2 * TIMEOUT_S + 5) -> bool:
         """Wait until every queued checkpoint was sent; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+        return self._worker.flush(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        self.flush(timeout)  # bounded: a stopping relay waits this long for a slow witness
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._worker.close(timeout)  # bounded: a stopping relay waits this long at most
 
 
 def _size(body: bytes) -> int | None:
