@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -388,3 +389,59 @@ def test_progress_shows_bytes_and_records_on_a_terminal(
     os.close(leader)
     assert process.returncode == 0
     assert b"bytes" in shown and b"pulled" in shown and b"2 records" in shown
+
+
+def _second_chain(chain: Chain, tmp_path: Path, same_log: bool) -> dict[str, bytes]:
+    """A later package of the same window: the same chain grown by one change, or a
+    rewritten chain (a fresh log with the same changes, signed by the same key)."""
+    root = chain.root if same_log else tmp_path / "rewritten"
+    if not same_log:
+        shutil.copytree(
+            chain.root, root, ignore=shutil.ignore_patterns("*.db*", "*export*", "later-*")
+        )
+        assert run_cli(*RECORD, "--approver", "bob@example.com", cwd=root).returncode == 0
+    assert run_cli(*RECORD, "--approver", "bob@example.com", cwd=root).returncode == 0
+    assert run_cli("relay", "--once", cwd=root).returncode == 0
+    out = f"later-{tmp_path.name}"
+    return _export(root, chain.keys, out)
+
+
+def test_previous_continuity_is_checked_from_the_chain(
+    chain: Chain, ca: TestCA, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    with hostile_server(ca, send(200, archive(chain.package))) as server:
+        assert pull(server.url, first, chain, ca=ca)[0] == 0
+    later = _second_chain(chain, tmp_path, same_log=True)
+    assert later[f"{STEM}.jsonl"].startswith(chain.package[f"{STEM}.jsonl"])
+    previous = str(first / f"{STEM}.manifest.json")
+    with hostile_server(ca, send(200, archive(later))) as server:
+        code, out, err = pull(server.url, tmp_path / "second", chain, "--previous", previous, ca=ca)
+    assert code == 0, out + err
+    assert f"Previous export: continues {STEM}.manifest.json (sequence 2" in out
+
+
+def test_a_log_rewritten_between_two_pulls_fails_continuity(
+    chain: Chain, ca: TestCA, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    with hostile_server(ca, send(200, archive(chain.package))) as server:
+        assert pull(server.url, first, chain, ca=ca)[0] == 0
+    rewritten = _second_chain(chain, tmp_path, same_log=False)
+    previous = str(first / f"{STEM}.manifest.json")
+    with hostile_server(ca, send(200, archive(rewritten))) as server:
+        code, _, err = pull(server.url, tmp_path / "second", chain, "--previous", previous, ca=ca)
+    assert code == 1
+    assert "the log was rewritten between the two pulls" in one_sentence(err)
+
+
+def test_a_previous_manifest_signed_by_another_key_is_refused(
+    chain: Chain, ca: TestCA, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    with hostile_server(ca, send(200, archive(chain.other_package))) as server:
+        assert pull(server.url, first, chain, ca=ca)[0] == 4
+    previous = str(first / f"{STEM}.manifest.json")
+    with hostile_server(ca, send(200, archive(chain.package))) as server:
+        code, _, err = pull(server.url, tmp_path / "second", chain, "--previous", previous, ca=ca)
+    assert code == 1 and "registered key" in one_sentence(err)

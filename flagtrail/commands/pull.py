@@ -61,6 +61,7 @@ def _byte_count(text: str) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     from flagtrail.client import api_base, fetch_package
     from producers.errors import ConfigError
+    from relay.continuity import check_continues
     from relay.manifest import window_stem
     from relay.trust import Trust
     from relay.unpack import check_not_there, unpack_package
@@ -110,16 +111,24 @@ def cmd_pull(args: argparse.Namespace) -> int:
     )
     os.replace(partial, archive)  # complete and well-formed: only now under its own name
     progress.done(f"pulled {download.size:,} bytes, {unpacked.records:,} records")
-    report = verify_export(
-        unpacked.paths.jsonl,
-        trust=trust,
-        previous=Path(args.previous) if args.previous else None,
-    )
+    previous = Path(args.previous) if args.previous else None
+    # a package that names its previous export is checked by verify, link records and
+    # all; one the API built without it, by the chain itself (relay/continuity.py)
+    linked = previous is not None and _names_previous(unpacked.paths.manifest)
+    report = verify_export(unpacked.paths.jsonl, trust=trust, previous=previous if linked else None)
+    if previous is not None and not linked and report.ok:
+        report.previous = check_continues(unpacked.paths, previous, trust)
     print(f"Package       : {archive}")
     print(f"Evidence file : {unpacked.paths.jsonl}")
     print(f"Records       : {unpacked.records}")
     print(render(report))
     return report.exit_code
+
+
+def _names_previous(manifest: Path) -> bool:
+    from relay.manifest import parse_manifest, read_file
+
+    return parse_manifest(read_file(manifest, "manifest")).get("previous_export") is not None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
