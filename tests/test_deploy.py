@@ -126,7 +126,7 @@ def test_kubernetes_manifests() -> None:
     cron = kinds["CronJob"]
     assert cron["spec"]["schedule"] == "0 6 * * 1"
     script = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    assert "flagtrail export" in script and "flagtrail drift" in script
+    assert 'bash "$SEED_SCRIPT"' in script and "flagtrail pull" in script
 
 
 def test_prometheus_rule_resource_is_in_sync_with_the_rules_file() -> None:
@@ -139,11 +139,34 @@ def test_prometheus_rule_resource_is_in_sync_with_the_rules_file() -> None:
     assert (DEPLOY / "k8s/prometheus-rules.yaml").read_text() == rendered
 
 
-def test_github_workflow_runs_the_weekly_export() -> None:
+# what would let the weekly job write to, or read around, the evidence pipeline
+BACKEND_CREDENTIALS = ("FLAGTRAIL_LOG_URL", "FLAGTRAIL_OUTBOX_URL", "postgres", "kafka", "sqlite")
+
+
+def test_github_workflow_runs_the_seeds_pull_with_the_seeds_secrets() -> None:
     workflow = yaml.safe_load(WORKFLOW.read_text())
     assert workflow[True]["schedule"][0]["cron"] == "0 6 * * 1"  # YAML reads `on` as True
-    steps = " ".join(str(s) for s in workflow["jobs"]["export"]["steps"])
-    assert "flagtrail export" in steps and "flagtrail drift" in steps
+    inputs = workflow[True]["workflow_dispatch"]["inputs"]
+    assert {"start_date", "end_date"} <= set(inputs)
+    steps = workflow_steps()
+    seed = next(s for s in steps if s.get("name") == "Pull evidence (the seed's script)")
+    assert seed["env"] == {
+        "AUDIT_TOKEN": "${{ secrets.AUDIT_TOKEN }}",
+        "AUDIT_SIGNING_KEY_PATH": "${{ secrets.AUDIT_SIGNING_KEY_PATH }}",
+    }
+    assert (
+        command(seed["run"], "bash") == 'bash ../../scripts/soc2-evidence-pull.sh "$START" "$END"'
+    )
+    assert seed["working-directory"] == "evidence/seed"
+    window = next(s for s in steps if s.get("name") == "Window, API and registered key")["run"]
+    assert """START="${START_INPUT:-$(date -u -d '7 days ago' +%F)}\"""" in window
+    assert 'END="${END_INPUT:-$(date -u +%F)}"' in window  # the seed's: to today
+    # a read-only token, no database or Kafka credentials anywhere in CI
+    text = yaml.safe_dump(workflow)  # what runs, without the comments
+    for credential in BACKEND_CREDENTIALS:
+        assert credential.lower() not in text.lower(), credential
+    secrets = set(re.findall(r"secrets\.([A-Z_]+)", text))
+    assert secrets == {"AUDIT_TOKEN", "AUDIT_SIGNING_KEY_PATH", "AUDIT_PUBLIC_KEY", "AUDIT_API_CA"}
 
 
 def test_dockerfile_copies_the_packages_that_exist() -> None:
@@ -185,15 +208,17 @@ def test_workflow_verifies_with_the_registered_key_and_links_to_the_previous_exp
     # the trusted key comes from the repository's secrets, written outside evidence/
     assert env["AUDIT_PUBLIC_KEY"] == "${{ secrets.AUDIT_PUBLIC_KEY }}"
     assert 'printf \'%s\\n\' "$AUDIT_PUBLIC_KEY" > "$RUNNER_TEMP/' in scripts
-    verify = command(scripts, "flagtrail verify")
-    assert '--pubkey "$PUBKEY"' in verify
     assert "PUBKEY=$RUNNER_TEMP/" in scripts
-    # the private key never lands in the uploaded folder
-    export = command(scripts, "flagtrail export")
-    assert '--signing-key "$RUNNER_TEMP/' in export and "--out evidence" in export
-    # the previous export's manifest: fetched, passed to export and verify, kept
-    for line in (export, verify):
-        assert '--previous "$PREVIOUS"' in line, line
+    pull = command(scripts, "flagtrail pull")
+    verify = command(scripts, "flagtrail verify")
+    for line in (pull, verify):
+        assert '--pubkey "$PUBKEY"' in line, line
+    # the package lands beside the seed's file, never over it
+    assert "--out evidence/package" in pull and "mkdir -p evidence/seed" in scripts
+    # the seed's signature is checked with the registered key, as the seed's Verification
+    assert 'openssl dgst -sha256 -verify "$PUBKEY"' in " ".join(shell_commands(scripts))
+    # the previous export's manifest: fetched, passed to pull (which checks the link), kept
+    assert '--previous "$PREVIOUS"' in pull
     uploads = {
         s["with"]["name"]: s
         for s in steps
@@ -206,6 +231,9 @@ def test_workflow_verifies_with_the_registered_key_and_links_to_the_previous_exp
     assert kept["with"]["if-no-files-found"] == "error"
     assert "if" not in kept  # only a VERIFIED manifest becomes the next link
     names = [s.get("name") or s.get("uses") for s in steps]
+    assert names.index("Pull the signed package and check it continues the previous export") < (
+        names.index("Verify with the registered key")
+    )
     assert names.index("Verify with the registered key") < names.index(
         "Keep this manifest for the next export"
     )
@@ -220,7 +248,7 @@ def test_workflow_keeps_the_evidence_when_a_later_step_fails_and_never_passes_si
     steps = workflow_steps()
     upload = next(s for s in steps if s.get("with", {}).get("path") == "evidence/")
     assert upload["if"] == "always()"
-    assert upload["with"]["retention-days"] >= 30
+    assert upload["with"]["retention-days"] == 90
     assert upload["with"]["if-no-files-found"] == "error"
     assert steps.index(upload) > max(
         i for i, s in enumerate(steps) if "flagtrail" in str(s.get("run", ""))
@@ -230,7 +258,8 @@ def test_workflow_keeps_the_evidence_when_a_later_step_fails_and_never_passes_si
     for construct in SILENT_PASS:
         assert construct not in text, construct
     scripts = "\n".join(s["run"] for s in steps if "run" in s)
-    assert "--fail-on-undocumented" in command(scripts, "flagtrail gap scan")
+    check = command(scripts, "python3 scripts/check-evidence-package.py")
+    assert '${PREVIOUS:+"$PREVIOUS"}' in check
     for step in steps:
         if "run" in step:
             assert "${{" not in step["run"], step  # inputs through env, never spliced in
