@@ -175,8 +175,11 @@ def _save(
             f"the package from {url} is {total:,} bytes, more than --max-bytes {max_bytes:,}"
         )
     partial.parent.mkdir(parents=True, exist_ok=True)
+    # a new file, never through a link someone planted under the .partial name
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     size = 0
-    with partial.open("wb") as out:
+    with os.fdopen(fd, "wb") as out:
         for chunk in response.iter_raw(_CHUNK):
             size += len(chunk)
             if size > max_bytes:

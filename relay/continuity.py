@@ -1,4 +1,4 @@
-"""Does a verified package continue the previous one? For packages that do not name it.
+"""Is a verified package the one asked for now, and does it continue the previous one?
 
 `flagtrail export --previous` writes the link into the signed manifest and `verify
 --previous` checks it. A package built by the evidence API for a puller names no
@@ -11,6 +11,7 @@ the two pulls, it is not. Run only on a package `verify` passed.
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 from producers.errors import EvidenceError
@@ -18,6 +19,8 @@ from relay.canonical import GENESIS, LineError, line_parts, strict_record
 from relay.manifest import PackagePaths, parse_manifest, read_file
 from relay.signing import signature_valid
 from relay.trust import Trust
+
+FUTURE_SLACK_S = 300.0  # server and client clocks may differ this much
 
 
 def check_continues(paths: PackagePaths, previous: Path, trust: Trust) -> str:
@@ -67,3 +70,22 @@ def _hash_at(jsonl: Path, sequence: int) -> str | None:
             except LineError:
                 return None  # verify passed this file: cannot happen unless it changed since
     return None
+
+
+def check_fresh(paths: PackagePaths, max_age_s: float, now: datetime | None = None) -> str:
+    """A package the API built for this request was generated moments ago; one generated
+    long before is a stale copy or a replay (of a window that has grown since). Run only
+    on a package `verify` passed, so ``generated_at`` is signed."""
+    manifest = parse_manifest(read_file(paths.manifest, "manifest"), paths.manifest.name)
+    stamp = manifest.get("generated_at")
+    try:
+        generated = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        raise EvidenceError(f"the manifest's generated_at {stamp!r} is not a time") from None
+    age = ((now or datetime.now(UTC)) - generated).total_seconds()
+    if age > max_age_s or age < -FUTURE_SLACK_S:
+        raise EvidenceError(
+            f"the package was generated at {stamp}, {age:,.0f} s from now, not for this "
+            f"request (--max-age {max_age_s:g} s): a stale or replayed package"
+        )
+    return f"generated {max(age, 0):,.0f} s ago"

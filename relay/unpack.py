@@ -85,6 +85,8 @@ def unpack_package(
     """Check ``archive`` whole, then move its files into ``out_dir``; returns where they are."""
     pattern = _stem_pattern(start, end)
     staging = out_dir / f".{archive.name}.unpack"
+    if staging.is_symlink():  # planted: remove the link, never what it points at
+        staging.unlink()
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:

@@ -445,3 +445,37 @@ def test_a_previous_manifest_signed_by_another_key_is_refused(
     with hostile_server(ca, send(200, archive(chain.package))) as server:
         code, _, err = pull(server.url, tmp_path / "second", chain, "--previous", previous, ca=ca)
     assert code == 1 and "registered key" in one_sentence(err)
+
+
+def test_a_stale_or_replayed_package_is_refused(chain: Chain, ca: TestCA, tmp_path: Path) -> None:
+    """A genuine package, signed and intact, but generated before this request: a cache or
+    an attacker replaying it would hide every change since."""
+    import time
+
+    time.sleep(2.1)  # the module's package is now over two seconds old
+    with hostile_server(ca, send(200, archive(chain.package))) as server:
+        code, _, err = pull(server.url, tmp_path, chain, "--max-age", "2", ca=ca)
+        assert code == 1
+        assert "a stale or replayed package" in one_sentence(err)
+        code, out, err = pull(server.url, tmp_path / "b", chain, "--max-age", "3600", ca=ca)
+    assert code == 0, out + err
+    assert "Freshness: generated" in out
+
+
+def test_links_planted_under_the_working_names_are_not_followed(
+    chain: Chain, ca: TestCA, tmp_path: Path
+) -> None:
+    """Whoever can write the out folder plants the .partial and staging names as links to
+    files and folders elsewhere: pull replaces the links and touches nothing they point at."""
+    out, victim, folder = tmp_path / "ev", tmp_path / "victim.txt", tmp_path / "victim-dir"
+    out.mkdir()
+    folder.mkdir()
+    victim.write_text("keep me")
+    (folder / "keep.txt").write_text("keep me too")
+    (out / f"{STEM}.tar.gz.partial").symlink_to(victim)
+    (out / f".{STEM}.tar.gz.partial.unpack").symlink_to(folder)
+    with hostile_server(ca, send(200, archive(chain.package))) as server:
+        code, out_text, err = pull(server.url, out, chain, ca=ca)
+    assert code == 0, out_text + err
+    assert victim.read_text() == "keep me"
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]

@@ -61,7 +61,7 @@ def _byte_count(text: str) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     from flagtrail.client import api_base, fetch_package
     from producers.errors import ConfigError
-    from relay.continuity import check_continues
+    from relay.continuity import check_continues, check_fresh
     from relay.manifest import window_stem
     from relay.trust import Trust
     from relay.unpack import check_not_there, unpack_package
@@ -116,6 +116,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     # all; one the API built without it, by the chain itself (relay/continuity.py)
     linked = previous is not None and _names_previous(unpacked.paths.manifest)
     report = verify_export(unpacked.paths.jsonl, trust=trust, previous=previous if linked else None)
+    if report.ok and args.max_age:
+        report.notes.append(f"Freshness: {check_fresh(unpacked.paths, args.max_age)}")
     if previous is not None and not linked and report.ok:
         report.previous = check_continues(unpacked.paths, previous, trust)
     print(f"Package       : {archive}")
@@ -189,6 +191,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for the server (60)"
+    )
+    p.add_argument(
+        "--max-age",
+        type=float,
+        default=3600.0,
+        help="refuse a package generated more than this many seconds ago: a stale or "
+        "replayed copy (default 3600; 0 turns the check off)",
     )
     p.add_argument("--force", action="store_true", help="replace a package already pulled")
     p.add_argument("--quiet", action="store_true", help="no progress bar, even on a terminal")
