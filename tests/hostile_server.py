@@ -67,6 +67,10 @@ def hostile_server(ca: TestCA | None, answer: Answer | None = None) -> Iterator[
             assert state.answer is not None
             state.answer(self)
 
+        def do_POST(self) -> None:  # the seed's curl --data-urlencode posts a form
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.do_GET()
+
         def log_message(self, *args: object) -> None:  # keep pytest's output clean
             pass
 

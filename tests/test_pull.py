@@ -479,3 +479,17 @@ def test_links_planted_under_the_working_names_are_not_followed(
     assert code == 0, out_text + err
     assert victim.read_text() == "keep me"
     assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("how", ["--cacert", "SSL_CERT_FILE"])
+def test_the_ca_can_come_from_cacert_or_ssl_cert_file(
+    chain: Chain, ca: TestCA, tmp_path: Path, how: str
+) -> None:
+    with hostile_server(ca, send(200, archive(chain.package))) as server:
+        if how == "--cacert":
+            code, out, err = pull(server.url, tmp_path, chain, "--cacert", str(ca.ca_cert))
+        else:
+            code, out, err = pull(
+                server.url, tmp_path, chain, SSL_CERT_FILE=str(ca.ca_cert), CURL_CA_BUNDLE=""
+            )
+    assert code == 0, out + err
