@@ -493,3 +493,25 @@ def test_the_ca_can_come_from_cacert_or_ssl_cert_file(
                 server.url, tmp_path, chain, SSL_CERT_FILE=str(ca.ca_cert), CURL_CA_BUNDLE=""
             )
     assert code == 0, out + err
+
+
+@pytest.mark.parametrize("how", ["--key-fingerprint", "FLAGTRAIL_TRUSTED_KEYS"])
+def test_the_registered_key_by_fingerprint_or_trust_file(
+    chain: Chain, ca: TestCA, tmp_path: Path, how: str
+) -> None:
+    """Trust by fingerprint: the registered key's, yes; another key's package, no (4)."""
+    from relay.signing import fingerprint, load_public_key
+
+    mark = fingerprint(load_public_key(chain.keys / "audit-public.pem"))
+    trust_file = tmp_path / "trusted.txt"
+    trust_file.write_text(f"{mark} the registered key\n")
+    args = ["--key-fingerprint", mark] if how == "--key-fingerprint" else []
+    env = {"FLAGTRAIL_TRUSTED_KEYS": str(trust_file)} if how != "--key-fingerprint" else {}
+    for package, expected, out in ((chain.package, 0, "good"), (chain.other_package, 4, "other")):
+        with hostile_server(ca, send(200, archive(package))) as server:
+            result = run_cli(
+                "pull", "--api", server.url, "--start", START, "--end", END,
+                "--out", str(tmp_path / out), *args,
+                env={"AUDIT_TOKEN": TOKEN, "CURL_CA_BUNDLE": str(ca.ca_cert), **env},
+            )  # fmt: skip
+        assert result.returncode == expected, result.stdout + result.stderr
