@@ -182,3 +182,17 @@ def _copy(
                 lines += chunk.count(b"\n")
                 progress(lines)
     return lines
+
+
+def set_aside(files: list[Path], archive: Path, folder: Path) -> Path:
+    """Move a package that failed its checks away from the names evidence goes by, kept
+    whole for whoever investigates (the shipped key is copied: an earlier pull may own it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in [*files, archive]:
+        if path.is_symlink() or not path.exists():
+            continue
+        if path.name == PUBLIC_KEY_FILE:
+            shutil.copyfile(path, folder / path.name)
+        else:
+            os.replace(path, folder / path.name)
+    return folder

@@ -149,6 +149,17 @@ def test_a_package_signed_by_another_key_is_not_trusted(
         code, out, _ = pull(server.url, tmp_path, chain, ca=ca)
     assert code == 4, out
     assert "Signature: signed by an untrusted key" in out
+    assert_set_aside(tmp_path, out)
+
+
+def assert_set_aside(out_dir: Path, stdout: str) -> None:
+    """A package that failed is moved away from the evidence's names, kept whole."""
+    assert not (out_dir / f"{STEM}.jsonl").exists() and not (out_dir / f"{STEM}.tar.gz").exists()
+    (aside,) = out_dir.glob(f"{STEM}.rejected-*")
+    assert f"Set aside     : {aside} (NOT evidence)" in stdout
+    assert {f"{STEM}.jsonl", f"{STEM}.tar.gz", f"{STEM}.manifest.json"} <= {
+        p.name for p in aside.iterdir()
+    }
 
 
 def test_a_tampered_package_fails(chain: Chain, ca: TestCA, tmp_path: Path) -> None:
@@ -160,6 +171,7 @@ def test_a_tampered_package_fails(chain: Chain, ca: TestCA, tmp_path: Path) -> N
         code, out, _ = pull(server.url, tmp_path, chain, ca=ca)
     assert code == 1, out
     assert "FAIL" in out
+    assert_set_aside(tmp_path, out)
 
 
 def _member(
@@ -348,16 +360,21 @@ def test_no_registered_key_no_pull(chain: Chain, tmp_path: Path) -> None:
 def test_the_package_own_key_is_not_a_registered_key(
     chain: Chain, ca: TestCA, tmp_path: Path
 ) -> None:
-    """Pointing --pubkey at the key the package ships (a careless CI job) proves nothing."""
+    """Pointing --pubkey at the key file a package ships (a careless CI job trusting the
+    audit-public.pem an earlier pull left) proves nothing: the next package replaces it."""
+    with hostile_server(ca, send(200, archive(chain.package))) as server:
+        assert pull(server.url, tmp_path, chain, ca=ca)[0] == 0
+    shipped = tmp_path / "audit-public.pem"
     with hostile_server(ca, send(200, archive(chain.other_package))) as server:
-        pull(server.url, tmp_path, chain, ca=ca)
         result = run_cli(
             "pull", "--api", server.url, "--start", START, "--end", END, "--out", str(tmp_path),
-            "--pubkey", str(tmp_path / "audit-public.pem"), "--force",
+            "--pubkey", str(shipped), "--force",
             env={"AUDIT_TOKEN": TOKEN, "CURL_CA_BUNDLE": str(ca.ca_cert)},
         )  # fmt: skip
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "shipped inside the package" in result.stderr
+    sentence = one_sentence(result.stderr)
+    assert "shipped inside the package" in sentence and "set aside in" in sentence
+    assert not (tmp_path / f"{STEM}.jsonl").exists()
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
@@ -441,7 +458,7 @@ def test_a_previous_manifest_signed_by_another_key_is_refused(
     first = tmp_path / "first"
     with hostile_server(ca, send(200, archive(chain.other_package))) as server:
         assert pull(server.url, first, chain, ca=ca)[0] == 4
-    previous = str(first / f"{STEM}.manifest.json")
+    (previous,) = (str(p) for p in first.glob(f"*.rejected-*/{STEM}.manifest.json"))
     with hostile_server(ca, send(200, archive(chain.package))) as server:
         code, _, err = pull(server.url, tmp_path / "second", chain, "--previous", previous, ca=ca)
     assert code == 1 and "registered key" in one_sentence(err)
@@ -457,6 +474,7 @@ def test_a_stale_or_replayed_package_is_refused(chain: Chain, ca: TestCA, tmp_pa
         code, _, err = pull(server.url, tmp_path, chain, "--max-age", "2", ca=ca)
         assert code == 1
         assert "a stale or replayed package" in one_sentence(err)
+        assert not (tmp_path / f"{STEM}.jsonl").exists()  # set aside
         code, out, err = pull(server.url, tmp_path / "b", chain, "--max-age", "3600", ca=ca)
     assert code == 0, out + err
     assert "Freshness: generated" in out

@@ -13,7 +13,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:  # heavy imports stay inside the command (see flagtrail/commands)
+    from relay.trust import Trust
+    from relay.unpack import Unpacked
+    from relay.verify import VerifyReport
 
 DEFAULT_MAX_BYTES = 16 << 30  # a year of a busy chain fits; a server sending more is refused
 
@@ -60,12 +65,11 @@ def _byte_count(text: str) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from flagtrail.client import api_base, fetch_package
-    from producers.errors import ConfigError
-    from relay.continuity import check_continues, check_fresh
+    from producers.errors import ConfigError, FlagtrailError
     from relay.manifest import window_stem
     from relay.trust import Trust
     from relay.unpack import check_not_there, unpack_package
-    from relay.verify import render, verify_export
+    from relay.verify import render
 
     api = args.api or os.environ.get("AUDIT_API_URL")
     if not api:
@@ -112,19 +116,43 @@ def cmd_pull(args: argparse.Namespace) -> int:
     os.replace(partial, archive)  # complete and well-formed: only now under its own name
     progress.done(f"pulled {download.size:,} bytes, {unpacked.records:,} records")
     previous = Path(args.previous) if args.previous else None
-    # a package that names its previous export is checked by verify, link records and
-    # all; one the API built without it, by the chain itself (relay/continuity.py)
-    linked = previous is not None and _names_previous(unpacked.paths.manifest)
-    report = verify_export(unpacked.paths.jsonl, trust=trust, previous=previous if linked else None)
-    if report.ok and args.max_age:
-        report.notes.append(f"Freshness: {check_fresh(unpacked.paths, args.max_age)}")
-    if previous is not None and not linked and report.ok:
-        report.previous = check_continues(unpacked.paths, previous, trust)
+    try:
+        report = _check(unpacked, trust, previous, args.max_age)
+    except FlagtrailError as exc:
+        aside = _set_aside(unpacked, archive, stem)
+        raise type(exc)(f"{exc}; the package is set aside in {aside}") from None
     print(f"Package       : {archive}")
     print(f"Evidence file : {unpacked.paths.jsonl}")
     print(f"Records       : {unpacked.records}")
     print(render(report))
+    if not report.ok:
+        print(f"Set aside     : {_set_aside(unpacked, archive, stem)} (NOT evidence)")
     return report.exit_code
+
+
+def _check(unpacked: Unpacked, trust: Trust, previous: Path | None, max_age: float) -> VerifyReport:
+    from relay.continuity import check_continues, check_fresh
+    from relay.verify import verify_export
+
+    # a package that names its previous export is checked by verify, link records and
+    # all; one the API built without it, by the chain itself (relay/continuity.py)
+    linked = previous is not None and _names_previous(unpacked.paths.manifest)
+    report = verify_export(unpacked.paths.jsonl, trust=trust, previous=previous if linked else None)
+    if report.ok and max_age:
+        report.notes.append(f"Freshness: {check_fresh(unpacked.paths, max_age)}")
+    if previous is not None and not linked and report.ok:
+        report.previous = check_continues(unpacked.paths, previous, trust)
+    return report
+
+
+def _set_aside(unpacked: Unpacked, archive: Path, stem: str) -> Path:
+    """A package that failed never sits under the evidence's names (nor blocks a retry)."""
+    from datetime import UTC, datetime
+
+    from relay.unpack import set_aside
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return set_aside(unpacked.files, archive, archive.parent / f"{stem}.rejected-{stamp}")
 
 
 def _names_previous(manifest: Path) -> bool:
