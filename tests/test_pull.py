@@ -533,3 +533,53 @@ def test_the_registered_key_by_fingerprint_or_trust_file(
                 env={"AUDIT_TOKEN": TOKEN, "CURL_CA_BUNDLE": str(ca.ca_cert), **env},
             )  # fmt: skip
         assert result.returncode == expected, result.stdout + result.stderr
+
+
+def test_a_body_without_a_length_stops_at_the_budget(
+    chain: Chain, ca: TestCA, tmp_path: Path
+) -> None:
+    """No Content-Length to refuse up front: the stream is cut off at --max-bytes."""
+
+    def endless(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        for _ in range(64):
+            handler.wfile.write(bytes(64 * 1024))
+
+    with hostile_server(ca, endless) as server:
+        code, _, err = pull(server.url, tmp_path, chain, "--max-bytes", str(1 << 20), ca=ca)
+    assert code == 2 and "grew past --max-bytes" in one_sentence(err)
+    assert (tmp_path / f"{STEM}.tar.gz.partial").stat().st_size <= 1 << 20
+
+
+def test_a_server_that_never_answers_times_out(chain: Chain, ca: TestCA, tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+    with hostile_server(ca, lambda handler: release.wait(30)) as server:
+        code, _, err = pull(server.url, tmp_path, chain, "--timeout", "1", ca=ca)
+        release.set()
+    assert code == 5 and "did not answer within 1 s" in one_sentence(err)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "words"),
+    [
+        (["--start", END, "--end", START], {}, "is after --end"),
+        ([], {"AUDIT_TOKEN": ""}, "no token"),
+        (["--api", "ftp://x"], {}, "not an https:// URL"),
+    ],
+    ids=["start-after-end", "no-token", "not-https"],
+)
+def test_usage_errors_before_any_request(
+    chain: Chain, tmp_path: Path, args: list[str], env: dict[str, str], words: str
+) -> None:
+    window = [] if "--start" in args else ["--start", START, "--end", END]
+    api = [] if "--api" in args else ["--api", "https://127.0.0.1:9"]
+    result = run_cli(
+        "pull", *api, *window, *args, "--out", str(tmp_path),
+        "--pubkey", str(chain.keys / "audit-public.pem"), env={"AUDIT_TOKEN": TOKEN, **env},
+    )  # fmt: skip
+    assert result.returncode == 2 and words in one_sentence(result.stderr)
+    assert list(tmp_path.iterdir()) == []
