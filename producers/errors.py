@@ -13,6 +13,8 @@ Exit codes (documented in the README):
     4  signed by a key that is not trusted (compare with the registered key)
     5  a backend (outbox database, log) is unavailable; retrying may help
     6  conflict: the change was already recorded (duplicate event_id)
+    7  access denied: the evidence API refused the token (missing, unknown, expired,
+       revoked, or without the scope)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ EXIT_BLOCKED = 3
 EXIT_UNTRUSTED_KEY = 4
 EXIT_UNAVAILABLE = 5
 EXIT_CONFLICT = 6
+EXIT_DENIED = 7
 
 
 class FlagtrailError(Exception):
@@ -87,3 +90,10 @@ class BackendUnavailable(FlagtrailError):
 
     exit_code = EXIT_UNAVAILABLE
     retriable = True
+
+
+class AccessDenied(FlagtrailError):
+    """The evidence API refused the token (HTTP 401 or 403): retrying will not help,
+    a valid token with the right scope will."""
+
+    exit_code = EXIT_DENIED

@@ -23,6 +23,7 @@ COMMANDS = [
     "drift",
     "gap scan",
     "gap document",
+    "pull",
 ]
 
 

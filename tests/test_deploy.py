@@ -128,7 +128,7 @@ def test_kubernetes_manifests() -> None:
     cron = kinds["CronJob"]
     assert cron["spec"]["schedule"] == "0 6 * * 1"
     script = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    assert "flagtrail export" in script and "flagtrail drift" in script
+    assert 'bash "$SEED_SCRIPT"' in script and "flagtrail pull" in script
 
 
 def test_prometheus_rule_resource_is_in_sync_with_the_rules_file() -> None:
@@ -141,11 +141,34 @@ def test_prometheus_rule_resource_is_in_sync_with_the_rules_file() -> None:
     assert (DEPLOY / "k8s/prometheus-rules.yaml").read_text() == rendered
 
 
-def test_github_workflow_runs_the_weekly_export() -> None:
+# what would let the weekly job write to, or read around, the evidence pipeline
+BACKEND_CREDENTIALS = ("FLAGTRAIL_LOG_URL", "FLAGTRAIL_OUTBOX_URL", "postgres", "kafka", "sqlite")
+
+
+def test_github_workflow_runs_the_seeds_pull_with_the_seeds_secrets() -> None:
     workflow = yaml.safe_load(WORKFLOW.read_text())
     assert workflow[True]["schedule"][0]["cron"] == "0 6 * * 1"  # YAML reads `on` as True
-    steps = " ".join(str(s) for s in workflow["jobs"]["export"]["steps"])
-    assert "flagtrail export" in steps and "flagtrail drift" in steps
+    inputs = workflow[True]["workflow_dispatch"]["inputs"]
+    assert {"start_date", "end_date"} <= set(inputs)
+    steps = workflow_steps()
+    seed = next(s for s in steps if s.get("name") == "Pull evidence (the seed's script)")
+    assert seed["env"] == {
+        "AUDIT_TOKEN": "${{ secrets.AUDIT_TOKEN }}",
+        "AUDIT_SIGNING_KEY_PATH": "${{ secrets.AUDIT_SIGNING_KEY_PATH }}",
+    }
+    assert (
+        command(seed["run"], "bash") == 'bash ../../scripts/soc2-evidence-pull.sh "$START" "$END"'
+    )
+    assert seed["working-directory"] == "evidence/seed"
+    window = next(s for s in steps if s.get("name") == "Window, API and registered key")["run"]
+    assert """START="${START_INPUT:-$(date -u -d '7 days ago' +%F)}\"""" in window
+    assert 'END="${END_INPUT:-$(date -u +%F)}"' in window  # the seed's: to today
+    # a read-only token, no database or Kafka credentials anywhere in CI
+    text = yaml.safe_dump(workflow)  # what runs, without the comments
+    for credential in BACKEND_CREDENTIALS:
+        assert credential.lower() not in text.lower(), credential
+    secrets = set(re.findall(r"secrets\.([A-Z_]+)", text))
+    assert secrets == {"AUDIT_TOKEN", "AUDIT_SIGNING_KEY_PATH", "AUDIT_PUBLIC_KEY", "AUDIT_API_CA"}
 
 
 def test_dockerfile_copies_the_packages_that_exist() -> None:
@@ -187,15 +210,17 @@ def test_workflow_verifies_with_the_registered_key_and_links_to_the_previous_exp
     # the trusted key comes from the repository's secrets, written outside evidence/
     assert env["AUDIT_PUBLIC_KEY"] == "${{ secrets.AUDIT_PUBLIC_KEY }}"
     assert 'printf \'%s\\n\' "$AUDIT_PUBLIC_KEY" > "$RUNNER_TEMP/' in scripts
-    verify = command(scripts, "flagtrail verify")
-    assert '--pubkey "$PUBKEY"' in verify
     assert "PUBKEY=$RUNNER_TEMP/" in scripts
-    # the private key never lands in the uploaded folder
-    export = command(scripts, "flagtrail export")
-    assert '--signing-key "$RUNNER_TEMP/' in export and "--out evidence" in export
-    # the previous export's manifest: fetched, passed to export and verify, kept
-    for line in (export, verify):
-        assert '--previous "$PREVIOUS"' in line, line
+    pull = command(scripts, "flagtrail pull")
+    verify = command(scripts, "flagtrail verify")
+    for line in (pull, verify):
+        assert '--pubkey "$PUBKEY"' in line, line
+    # the package lands beside the seed's file, never over it
+    assert "--out evidence/package" in pull and "mkdir -p evidence/seed" in scripts
+    # the seed's signature is checked with the registered key, as the seed's Verification
+    assert 'openssl dgst -sha256 -verify "$PUBKEY"' in " ".join(shell_commands(scripts))
+    # the previous export's manifest: fetched, passed to pull (which checks the link), kept
+    assert '--previous "$PREVIOUS"' in pull
     uploads = {
         s["with"]["name"]: s
         for s in steps
@@ -208,6 +233,9 @@ def test_workflow_verifies_with_the_registered_key_and_links_to_the_previous_exp
     assert kept["with"]["if-no-files-found"] == "error"
     assert "if" not in kept  # only a VERIFIED manifest becomes the next link
     names = [s.get("name") or s.get("uses") for s in steps]
+    assert names.index("Pull the signed package and check it continues the previous export") < (
+        names.index("Verify with the registered key")
+    )
     assert names.index("Verify with the registered key") < names.index(
         "Keep this manifest for the next export"
     )
@@ -222,7 +250,7 @@ def test_workflow_keeps_the_evidence_when_a_later_step_fails_and_never_passes_si
     steps = workflow_steps()
     upload = next(s for s in steps if s.get("with", {}).get("path") == "evidence/")
     assert upload["if"] == "always()"
-    assert upload["with"]["retention-days"] >= 30
+    assert upload["with"]["retention-days"] == 90
     assert upload["with"]["if-no-files-found"] == "error"
     assert steps.index(upload) > max(
         i for i, s in enumerate(steps) if "flagtrail" in str(s.get("run", ""))
@@ -232,7 +260,8 @@ def test_workflow_keeps_the_evidence_when_a_later_step_fails_and_never_passes_si
     for construct in SILENT_PASS:
         assert construct not in text, construct
     scripts = "\n".join(s["run"] for s in steps if "run" in s)
-    assert "--fail-on-undocumented" in command(scripts, "flagtrail gap scan")
+    check = command(scripts, "python3 scripts/check-evidence-package.py")
+    assert '${PREVIOUS:+"$PREVIOUS"}' in check
     for step in steps:
         if "run" in step:
             assert "${{" not in step["run"], step  # inputs through env, never spliced in
@@ -258,23 +287,35 @@ def test_cronjob_verifies_with_the_registered_key_and_links_on_a_volume() -> Non
         mount = next(m for m in mounts if path.startswith(m.rstrip("/") + "/"))
         return volumes[mounts[mount]]
 
+    pull = command(script, "flagtrail pull")
     verify = command(script, "flagtrail verify")
-    export = command(script, "flagtrail export")
-    assert '--pubkey "$REGISTERED_PUBLIC_KEY"' in verify
+    for line in (pull, verify):
+        assert '--pubkey "$REGISTERED_PUBLIC_KEY"' in line, line
+    assert '--previous "$PREVIOUS"' in pull
     # the registered key is mounted from a ConfigMap or Secret, not read from the package
     trusted = volume_of(env["REGISTERED_PUBLIC_KEY"])
     assert "configMap" in trusted or "secret" in trusted
     assert not env["REGISTERED_PUBLIC_KEY"].startswith("/evidence")
     assert "secret" in volume_of(env["AUDIT_SIGNING_KEY_PATH"])
-    for line in (export, verify):
-        assert '--previous "$PREVIOUS"' in line, line
+    assert "configMap" in volume_of(env["CURL_CA_BUNDLE"])
+    # the seed's script with the seed's secrets; the token from a Secret, never a value
+    assert '(cd "$OUT/seed" && bash "$SEED_SCRIPT" "$START" "$END")' in script
+    token = next(e for e in container["env"] if e["name"] == "AUDIT_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"]["name"] and "value" not in token
+    assert env["AUDIT_API_URL"].startswith("https://") and env["AUDIT_API_URL"].endswith(
+        "/v1/export"
+    )
+    # no database or Kafka credentials: no shared ConfigMap, no backend URL
+    assert "envFrom" not in container
+    for credential in BACKEND_CREDENTIALS:
+        assert credential.lower() not in yaml.safe_dump(pod).lower(), credential
     # packages and the last manifest live on a persistent volume claim that exists
     evidence = volumes[mounts["/evidence"]]
     claim = evidence["persistentVolumeClaim"]["claimName"]
     assert any(
         d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim for d in docs
     )
-    assert '--out "$OUT"' in export and 'OUT="/evidence/' in script
+    assert '--out "$OUT/package"' in pull and 'OUT="/evidence/' in script
     assert "/evidence/last/*.manifest.json" in script
 
 
@@ -286,21 +327,24 @@ def test_cronjob_script_fails_loudly() -> None:
     script = container["args"][0]
     for construct in SILENT_PASS:
         assert construct not in script, construct
-    assert "--fail-on-undocumented" in command(script, "flagtrail gap scan")
+    check = command(script, 'python3 "$CHECK_SCRIPT"')
+    assert '${PREVIOUS:+"$PREVIOUS"}' in check
     shellcheck(script, "sh")
 
 
-def run_cronjob(root: Path, first_export: str) -> subprocess.CompletedProcess[str]:
+def run_cronjob(root: Path, first_export: str, **extra: str) -> subprocess.CompletedProcess[str]:
     """The CronJob's script as the pod runs it, with its volumes as folders under root."""
     _, pod, _ = cronjob()
     container = pod["containers"][0]
     script = container["args"][0].replace("/evidence", str(root / "evidence"))
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-        "FLAGTRAIL_LOG_URL": f"sqlite:///{root}/log.db",
         "AUDIT_SIGNING_KEY_PATH": str(root / "keys/audit-private.pem"),
         "REGISTERED_PUBLIC_KEY": str(root / "keys/audit-public.pem"),
+        "SEED_SCRIPT": str(DEPLOY.parent / "scripts/soc2-evidence-pull.sh"),
+        "CHECK_SCRIPT": str(DEPLOY.parent / "scripts/check-evidence-package.py"),
         "FIRST_EXPORT": first_export,
+        **extra,
     }
     return subprocess.run(
         [*container["command"], script], env=env, cwd=root, capture_output=True, text=True
@@ -314,33 +358,50 @@ def test_cronjob_without_a_previous_manifest_refuses_to_export(tmp_path: Path) -
     assert not (tmp_path / "evidence/packages").exists()
 
 
-def _supports(option: str, *subcommand: str) -> bool:
-    help_text = subprocess.run(
-        [sys.executable, "-m", "flagtrail.cli", *subcommand, "--help"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    return option in help_text
+def _serve_available() -> bool:
+    from tests.serve_tls import serve_available
+
+    return serve_available()
 
 
 @pytest.mark.skipif(
-    not (_supports("--previous", "export") and _supports("--previous", "verify")),
-    reason="export/verify --previous are built in parallel (issue 7, section 3)",
+    not _serve_available(), reason="`flagtrail serve` is built in parallel (issue 8, section 1)"
 )
-def test_cronjob_runs_twice_linking_the_second_export_to_the_first(tmp_path: Path) -> None:
+def test_cronjob_runs_twice_linking_the_second_pull_to_the_first(tmp_path: Path) -> None:
+    import time
+
     from producers.identity import SAMPLE_DIRECTORY
     from tests.conftest import run_cli
+    from tests.serve_tls import chain_env, create_token, serve_https
+    from tests.test_cli import RECORD
+    from tests.tls import make_ca
 
     assert run_cli("keygen", "--out", str(tmp_path / "keys")).returncode == 0
     (tmp_path / "identities.toml").write_text(SAMPLE_DIRECTORY)
-    relayed = run_cli("relay", "--once", cwd=tmp_path)  # the log the job reads exists
+    env = chain_env(tmp_path)
+    assert run_cli(*RECORD, "--approver", "bob@example.com", cwd=tmp_path, env=env).returncode == 0
+    relayed = run_cli("relay", "--once", cwd=tmp_path, env=env)
     assert relayed.returncode == 0, relayed.stderr
-    first = run_cronjob(tmp_path, first_export="yes")
-    assert first.returncode == 0, first.stdout + first.stderr
-    kept = list((tmp_path / "evidence/last").glob("*.manifest.json"))
-    assert len(kept) == 1 and Path(f"{kept[0]}.sig").exists()
-    second = run_cronjob(tmp_path, first_export="no")
-    assert second.returncode == 0, second.stdout + second.stderr
+    ca = make_ca(tmp_path / "ca")
+    token = create_token(tmp_path, "k8s-weekly")
+    with serve_https(tmp_path, ca) as server:
+        job = {
+            "AUDIT_API_URL": f"{server.url}/v1/export",
+            "AUDIT_TOKEN": token,
+            "CURL_CA_BUNDLE": str(ca.ca_cert),
+        }
+        first = run_cronjob(tmp_path, first_export="yes", **job)
+        assert first.returncode == 0, first.stdout + first.stderr
+        kept = list((tmp_path / "evidence/last").glob("*.manifest.json"))
+        assert len(kept) == 1 and Path(f"{kept[0]}.sig").exists()
+        assert "Events exported: 1" in first.stdout and "Verified OK" in first.stdout
+        time.sleep(1.1)  # each run keeps its own folder, named to the second
+        second = run_cronjob(tmp_path, first_export="no", **job)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert f"Previous export: continues {kept[0].name}" in second.stdout
+    # nothing the job wrote lies outside the evidence volume
+    runs = sorted((tmp_path / "evidence/packages").glob("*/*"))
+    assert len(runs) == 2
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -23,6 +23,7 @@ MODULES: tuple[str, ...] = (
     "approval",
     "serve",
     "token",
+    "pull",
 )
 
 
