@@ -565,7 +565,7 @@ def test_a_log_altered_mid_window_ends_the_stream_unfinished(
             db.execute(f'DROP TRIGGER "{name}"')
         db.execute(
             # every record has an action (names are pseudonyms on a new chain)
-            "UPDATE audit_log SET line = replace(line, '\"action\":\"', '\"action\":\"x') "
+            'UPDATE audit_log SET line = replace(line, \'"action":"\', \'"action":"x\') '
             "WHERE sequence = 30"
         )
     with serve(folder) as server:

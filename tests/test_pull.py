@@ -50,6 +50,14 @@ def _export(root: Path, keys: Path, out: str) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((root / out).iterdir())}
 
 
+def in_folder(root: Path) -> dict[str, str]:
+    """The chain's privacy keys stay in its own folder, whichever test runs a command
+    there (the autouse fixture points them at each test's folder)."""
+    return {
+        f"FLAGTRAIL_{k.upper()}_KEY_PATH": str(root / f"{k}.key") for k in ("pseudonym", "vault")
+    }
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
     from producers.identity import SAMPLE_DIRECTORY
@@ -57,10 +65,18 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
     root = tmp_path_factory.mktemp("chain")
     (root / "identities.toml").write_text(SAMPLE_DIRECTORY)
     for folder in ("keys", "other-keys"):
-        assert run_cli("keygen", "--out", folder, cwd=root).returncode == 0
-    assert run_cli(*RECORD, "--approver", "bob@example.com", cwd=root).returncode == 0
-    assert run_cli(*RECORD, "--approver", "alice@example.com", cwd=root).returncode == 3
-    relayed = run_cli("relay", "--once", cwd=root)
+        assert run_cli("keygen", "--out", folder, cwd=root, env=in_folder(root)).returncode == 0
+    assert (
+        run_cli(*RECORD, "--approver", "bob@example.com", cwd=root, env=in_folder(root)).returncode
+        == 0
+    )
+    assert (
+        run_cli(
+            *RECORD, "--approver", "alice@example.com", cwd=root, env=in_folder(root)
+        ).returncode
+        == 3
+    )
+    relayed = run_cli("relay", "--once", cwd=root, env=in_folder(root))
     assert relayed.returncode == 0 and "relayed 2 events" in relayed.stdout
     return Chain(
         root,
@@ -165,7 +181,7 @@ def assert_set_aside(out_dir: Path, stdout: str) -> None:
 def test_a_tampered_package_fails(chain: Chain, ca: TestCA, tmp_path: Path) -> None:
     files = dict(chain.package)
     jsonl = files[f"{STEM}.jsonl"]
-    files[f"{STEM}.jsonl"] = jsonl.replace(b'"bob@example.com"', b'"mallory@example.com"', 1)
+    files[f"{STEM}.jsonl"] = jsonl.replace(b'"action":"', b'"action":"x', 1)
     assert files[f"{STEM}.jsonl"] != jsonl
     with hostile_server(ca, send(200, archive(files))) as server:
         code, out, _ = pull(server.url, tmp_path, chain, ca=ca)
@@ -416,9 +432,17 @@ def _second_chain(chain: Chain, tmp_path: Path, same_log: bool) -> dict[str, byt
         shutil.copytree(
             chain.root, root, ignore=shutil.ignore_patterns("*.db*", "*export*", "later-*")
         )
-        assert run_cli(*RECORD, "--approver", "bob@example.com", cwd=root).returncode == 0
-    assert run_cli(*RECORD, "--approver", "bob@example.com", cwd=root).returncode == 0
-    assert run_cli("relay", "--once", cwd=root).returncode == 0
+        assert (
+            run_cli(
+                *RECORD, "--approver", "bob@example.com", cwd=root, env=in_folder(root)
+            ).returncode
+            == 0
+        )
+    assert (
+        run_cli(*RECORD, "--approver", "bob@example.com", cwd=root, env=in_folder(root)).returncode
+        == 0
+    )
+    assert run_cli("relay", "--once", cwd=root, env=in_folder(root)).returncode == 0
     out = f"later-{tmp_path.name}"
     return _export(root, chain.keys, out)
 
