@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from producers import FlagChange, Outbox, PolicyError
 from producers.errors import ConfigError
@@ -58,9 +59,12 @@ def realistic_change(
     engineers: list[str],
     sequence: int,
     blocked_ratio: float,
+    states: dict[tuple[str, str], Any] | None = None,
 ) -> FlagChange:
+    """A plausible change; with ``states`` (each flag and environment's last recorded
+    ``after``) its ``before`` is the truth, so the load shows no state-continuity breaks."""
     flag = rng.choice(FLAGS)
-    rollout_before, rollout_after = rng.randrange(0, 100, 5), rng.randrange(0, 101, 5)
+    rollout_after = rng.randrange(0, 101, 5)
     if rng.random() < 0.4:
         actor, approver = rng.sample(managers, 2)
         environment, role = "production", "release-manager"
@@ -70,6 +74,10 @@ def realistic_change(
         actor = rng.choice(engineers)
         environment, approver = rng.choice(["staging", "development"]), None
         role = sorted(directory.identities[actor])[0]
+    rollout_before = rng.randrange(0, 100, 5)
+    before = (states or {}).get(
+        (flag, environment), {"enabled": rollout_before > 0, "rollout": rollout_before}
+    )
     return FlagChange(
         actor=actor,
         approver=approver,
@@ -77,7 +85,7 @@ def realistic_change(
         flag_key=flag,
         environment=environment,
         action=rng.choice(["update", "rollout", "rollout", "create"]),
-        before={"enabled": rollout_before > 0, "rollout": rollout_before},
+        before=before,
         after={
             "enabled": rollout_after > 0,
             "rollout": rollout_after,
@@ -105,13 +113,14 @@ def generate(
     ensure_flag_store(outbox)
     managers, engineers = _people(directory)
     rng = random.Random(seed)
+    states: dict[tuple[str, str], Any] = {}  # (flag, environment) -> last recorded after
     result = LoadResult()
     started = time.perf_counter()
     done = 0
     while done < events:
         size = min(per_transaction, events - done)
         changes = [
-            realistic_change(rng, directory, managers, engineers, done + i, blocked_ratio)
+            realistic_change(rng, directory, managers, engineers, done + i, blocked_ratio, states)
             for i in range(size)
         ]
         with outbox.engine.begin() as conn:
@@ -119,6 +128,7 @@ def generate(
                 try:
                     with conn.begin_nested():
                         apply_change(conn, outbox, change)
+                    states[(change.flag_key, change.environment)] = change.after
                     result.recorded += 1
                 except PolicyError:
                     result.rejected += 1

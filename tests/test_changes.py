@@ -383,3 +383,22 @@ def test_the_signed_manifest_and_verify_do_not_change_with_state_breaks(
     kinds = [g["kind"] for g in manifest["undocumented_gaps"] + manifest["documented_gaps"]]
     assert "state_break" not in kinds
     assert verify_export(paths.jsonl, rsa_keys / "audit-public.pem").ok
+
+
+def test_loadgen_writes_states_that_follow_each_other(sqlite_engine: Engine, workdir: Path) -> None:
+    """Benchmarks and demos run on loadgen's data: a continuity break there would be a
+    false finding on every record (each before is the flag's last recorded after)."""
+    from flagtrail.loadgen import generate
+    from relay.continuity import ContinuityChecker
+
+    outbox = Outbox(sqlite_engine, str(workdir / "identities.toml"))
+    result = generate(outbox, outbox.identities.directory(), 300, None, blocked_ratio=0.2)
+    assert result.recorded > 100 and result.rejected > 0
+    log_url = f"sqlite:///{workdir / 'log.db'}"
+    relay = Relay(open_outbox_source(sqlite_engine, outbox.chain_id), open_log(log_url))
+    relay.resume()
+    relay.drain()
+    checker = ContinuityChecker()
+    with open_log(log_url) as audit_log:
+        breaks = [b for e in audit_log.read() if (b := checker.add(json.loads(e.line)))]
+    assert breaks == []
