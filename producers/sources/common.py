@@ -96,7 +96,10 @@ def is_production(change: SourceChange, production_environments: frozenset[str])
     no environment (it removes the flag from every environment, production included)."""
     if not change.environment:
         return change.action == "delete"
-    return normalize_name(change.environment) in production_environments
+    # one LaunchDarkly entry can touch several environments ("staging,production")
+    return any(
+        normalize_name(name) in production_environments for name in change.environment.split(",")
+    )
 
 
 def production_environments(policy: Policy) -> frozenset[str]:
