@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -57,6 +58,46 @@ def kafka_replication() -> tuple[int, int]:
 
     values = _kafka_settings("(settings)", "")
     return int(values["replication_factor"]), int(values["min_insync_replicas"])  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting a command or the API needs, resolved once (flag, then environment,
+    then default) and passed down: nothing below the CLI reads the environment again."""
+
+    outbox_url: str
+    log_url: str
+    chain_id: str
+    identities: str
+    signing_key: Path
+
+    @classmethod
+    def resolve(
+        cls,
+        outbox: str | None = None,
+        log: str | None = None,
+        chain: str | None = None,
+        identities: str | None = None,
+        signing_key: str | None = None,
+    ) -> Settings:
+        return cls(
+            outbox_url=outbox_url(outbox),
+            log_url=log_url(log),
+            chain_id=chain_id(chain),
+            identities=identities_path(identities),
+            signing_key=Path(setting("AUDIT_SIGNING_KEY_PATH", signing_key)),
+        )
+
+    @classmethod
+    def from_args(cls, args: object) -> Settings:
+        """From a command's parsed flags (a command without a flag takes the default)."""
+        return cls.resolve(
+            getattr(args, "outbox_url", None),
+            getattr(args, "log_url", None),
+            getattr(args, "chain", None),
+            getattr(args, "identities", None),
+            getattr(args, "signing_key", None),
+        )
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:

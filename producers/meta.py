@@ -191,3 +191,27 @@ def document_gap(outbox: Outbox, conn: Any, statement: dict[str, Any], key: Any)
     return _write_meta(
         outbox, conn, "gap_documented", statement["author"], statement["reason"], signed
     )
+
+
+def record_export_receipt(
+    outbox: Outbox, conn: Any, token_name: str, route: str, details: dict[str, Any]
+) -> str:
+    """Chain an ``evidence_exported`` event: which API token pulled which evidence.
+
+    Written by the library for the evidence API only (``record_meta`` refuses it from
+    callers). CC7.2 alone: a pull is monitoring evidence about the trail, not a change,
+    so it never inflates the change-management (CC8.1) count of a later summary."""
+    check_identifier("token", token_name, outbox.policy.limits, required=True)
+    meta = {"token": token_name, "route": route, **details}
+    check_json_value("meta", meta, outbox.policy.limits)
+    record = event_record(
+        event_id=str(uuid.uuid4()),
+        chain_id=outbox.chain_id,
+        recorded_at=outbox.clock(),
+        action="evidence_exported",
+        controls=["CC7.2"],
+        actor=f"api-token:{token_name}",
+        reason=f"evidence pulled through {route}",
+        meta=meta,
+    )
+    return outbox._insert_meta(conn, record)

@@ -41,7 +41,7 @@ from relay.signing import fingerprint, load_private_key, public_pem, sign_digest
 from relay.statements import CheckedGapFinder
 from relay.summary import format_summary
 
-__all__ = ["ExportError", "PackagePaths", "export_window", "window_bounds"]
+__all__ = ["ExportError", "PackagePaths", "WindowStream", "export_window", "window_bounds"]
 
 
 class ExportError(EvidenceError):
@@ -156,6 +156,71 @@ def _entries_between(audit_log: AuditLog, after: dict[str, Any], since: str) -> 
             yield entry.line.encode() + b"\n"
 
 
+def window_lines(audit_log: AuditLog, since: str, until: str) -> Iterator[bytes]:
+    """The export JSONL's lines for [since, until): what export writes and serve streams."""
+    return (entry.line.encode() + b"\n" for entry in audit_log.read(since, until))
+
+
+def _refuse_other_chains(audit_log: AuditLog, tail: LogEntry | None) -> None:
+    others = audit_log.chain_ids() if tail is None and hasattr(audit_log, "chain_ids") else []
+    if others:  # a log of other chains only: a mistyped --chain, not a quiet week
+        raise ConfigError(
+            f"the log holds no record of chain {getattr(audit_log, 'chain_id', '?')!r}, "
+            f"only of {', '.join(map(repr, others))}: check --chain (nothing was exported)"
+        )
+
+
+class WindowStream:
+    """The JSONL of a window in chunks, each record checked (hash, link, order) as
+    ``export_window`` checks it before writing: the bytes are the export file's bytes.
+    A record that fails raises ExportError mid-stream, so a reader must treat a stream
+    that ends without completing as no evidence. ``facts`` holds the count and head
+    once the chunks are consumed."""
+
+    def __init__(
+        self, audit_log: AuditLog, start: date, end: date, chunk_bytes: int = 256 * 1024
+    ) -> None:
+        self.since, self.until = window_bounds(start, end)
+        self.audit_log = audit_log
+        self.chunk_bytes = chunk_bytes
+        self.tail = audit_log.tail()
+        _refuse_other_chains(audit_log, self.tail)
+        self._scan = _Scan(WindowFacts(), CheckedGapFinder([], DEFAULT_LAG_THRESHOLD_S))
+        self.complete = False
+
+    @property
+    def facts(self) -> WindowFacts:
+        return self._scan.facts
+
+    def chunks(self) -> Iterator[bytes]:
+        pending: list[bytes] = []
+        size = 0
+        for line in window_lines(self.audit_log, self.since, self.until):
+            _check_and_note(self._scan, line)
+            pending.append(line)
+            size += len(line)
+            if size >= self.chunk_bytes:
+                yield b"".join(pending)
+                pending, size = [], 0
+        if pending:
+            yield b"".join(pending)
+        self.complete = True
+
+    def head(self) -> dict[str, Any]:
+        """The window's last record (where the chain stood at its end)."""
+        if self.facts.head is not None:
+            return {k: self.facts.head[k] for k in ("sequence", "hash")}
+        before = _last_before(self.audit_log, self.since, self.tail)
+        return (
+            {"sequence": before.sequence, "hash": before.record_hash}
+            if before
+            else {
+                "sequence": 0,
+                "hash": GENESIS,
+            }
+        )
+
+
 def _read_previous(path: Path) -> tuple[dict[str, Any], str]:
     try:
         data = path.read_bytes()
@@ -199,12 +264,7 @@ def export_window(
     public_key = key.public_key()
     old = _read_previous(previous) if previous else None
     tail = audit_log.tail()
-    others = audit_log.chain_ids() if tail is None and hasattr(audit_log, "chain_ids") else []
-    if others:  # a log of other chains only: a mistyped --chain, not a quiet week
-        raise ConfigError(
-            f"the log holds no record of chain {getattr(audit_log, 'chain_id', '?')!r}, "
-            f"only of {', '.join(map(repr, others))}: check --chain (nothing was exported)"
-        )
+    _refuse_other_chains(audit_log, tail)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_chain = getattr(audit_log, "chain_id", None)
     paths = PackagePaths.for_window(out_dir, start, end, log_chain)
@@ -215,8 +275,7 @@ def export_window(
         if progress and scan.facts.count % 50_000 == 0:
             progress(scan.facts.count)
 
-    lines = (entry.line.encode() + b"\n" for entry in audit_log.read(since, until))
-    file_sha256 = _write_lines(paths.jsonl, lines, note)
+    file_sha256 = _write_lines(paths.jsonl, window_lines(audit_log, since, until), note)
     facts = scan.facts
     if facts.count == 0:  # an empty window still names where the chain stood
         before = _last_before(audit_log, since, tail)

@@ -226,6 +226,9 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
     late_exact = round(lag_s * 1_000_000) / 1_000_000 == lag_s
     late_relayed: str | None = None
     late_cutoff = ""
+    # the run's second late record rewrites the outage's detail ("late (up to …)"): the
+    # finder must see it; only the records after it change nothing and may be skipped
+    late_extended = False
     expected = b""
     last_seq: int = 0
     last_ts = ""
@@ -348,14 +351,19 @@ def check_chunk(path: str, start: int, end: int, expect: Expect | None = None) -
                             and relayed[:16] == recorded[:16]
                             and lag_s >= 60
                         )
-                        or (late_relayed == relayed and recorded < late_cutoff)
+                        or (late_relayed == relayed and recorded < late_cutoff and late_extended)
                         or _lag_within(recorded, relayed, lag_s)
                     )
                 )
                 # A record late in the same relay batch as the late one before it only
-                # extends that outage (same end): plain, once the run has an opener
+                # extends that outage (same end): plain, once the run has an opener and the
+                # second record that set its detail
                 if not plain and late_exact and recorded == ts and type(relayed) is str:
-                    late_relayed, late_cutoff = _late_run(recorded, relayed, lag_s)
+                    if late_relayed == relayed and recorded < late_cutoff:
+                        late_extended = True
+                    else:
+                        late_relayed, late_cutoff = _late_run(recorded, relayed, lag_s)
+                        late_extended = False
                 elif not plain:
                     late_relayed = None
             if plain:

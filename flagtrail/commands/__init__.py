@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-MODULES: tuple[str, ...] = ("sources",)
+MODULES: tuple[str, ...] = ("serve", "token", "sources")
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,127 @@
+"""``/v1/package``: the whole signed package (JSONL, signature, signed manifest, summary,
+public key) as one tar.gz, built by the same export_window that `flagtrail export` runs,
+signed with the server's key (AUDIT_SIGNING_KEY_PATH)."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from flagtrail.api.auth import require
+from flagtrail.api.context import ApiContext, context_of
+from flagtrail.api.params import Window, single_values, window
+from flagtrail.api.problems import Problem, problem_responses
+from flagtrail.api.receipts import chain_receipt
+from flagtrail.api.streaming import CheckedStream
+from flagtrail.api.tokens import TokenInfo
+
+router = APIRouter()
+EXPORT_READ = Depends(require("export:read"))
+ROUTE = "/v1/package"
+TAR_GZ = "application/gzip"
+READ_CHUNK = 256 * 1024
+
+
+class PackagePull:
+    """Build the package in a private temporary folder, archive it, stream it, delete it."""
+
+    def __init__(self, ctx: ApiContext, token: TokenInfo, win: Window) -> None:
+        from relay.export import export_window
+        from relay.logs import open_log
+        from relay.signing import load_private_key
+
+        self.ctx, self.token, self.win = ctx, token, win
+        s = ctx.config.settings
+        try:
+            load_private_key(s.signing_key)
+        except Exception as exc:  # the server's own set-up: 503, never the caller's fault
+            raise Problem(
+                503, "no-signing-key", "this server has no usable signing key for packages"
+            ) from exc
+        base = ctx.config.package_tmp
+        self.folder = Path(tempfile.mkdtemp(prefix="flagtrail-package-", dir=base))
+        try:
+            with open_log(s.log_url, s.chain_id, read_only=True) as audit_log:
+                paths, self.manifest = export_window(
+                    audit_log,
+                    win.start,
+                    win.end,
+                    self.folder / "package",
+                    s.signing_key,
+                    win.controls,
+                )
+            self.name = paths.jsonl.name.removesuffix(".jsonl") + ".tar.gz"
+            self.archive = self.folder / self.name
+            with tarfile.open(self.archive, "w:gz", compresslevel=6) as tar:
+                for member in sorted((self.folder / "package").iterdir()):
+                    tar.add(member, arcname=member.name, recursive=False)
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+
+    def chunks(self) -> Iterator[bytes]:
+        with self.archive.open("rb") as f:
+            while chunk := f.read(READ_CHUNK):
+                yield chunk
+
+    def end(self, complete: bool, client_left: bool) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        m = self.manifest
+        chain_receipt(
+            self.ctx,
+            self.token.name,
+            ROUTE,
+            {
+                **self.win.as_meta(),
+                "record_count": m["record_count"],
+                "head": {k: m["head"][k] for k in ("sequence", "hash")} if m["head"] else None,
+                "chain_head": {
+                    k: v
+                    for k, v in (m["chain_head_at_export"] or {}).items()
+                    if k in ("sequence", "hash")
+                }
+                or None,
+                "sha256": m["sha256"],
+                "outcome": "complete" if complete else "client_left" if client_left else "aborted",
+            },
+        )
+
+
+@router.get(
+    ROUTE,
+    tags=["evidence"],
+    summary="the window's whole signed package as one tar.gz",
+    responses={
+        200: {
+            "description": "tar.gz: JSONL, .sig, manifest, manifest .sig, summary, public key",
+            "content": {TAR_GZ: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **problem_responses(400, 401, 403, 429, 503),
+    },
+)
+async def package(
+    request: Request,
+    start: str | None = Query(None, description="first day, YYYY-MM-DD (UTC)"),
+    end: str | None = Query(None, description="last day, YYYY-MM-DD (included)"),
+    controls: str | None = Query(None, description="controls the summary reports"),
+    token: TokenInfo = EXPORT_READ,
+) -> Any:
+    ctx = context_of(request)
+    win = window(
+        single_values(request.query_params.multi_items(), {"start", "end", "controls"}),
+        ctx.config.max_window_days,
+    )
+    pull = await run_in_threadpool(PackagePull, ctx, token, win)
+    return CheckedStream(
+        pull.chunks(),
+        TAR_GZ,
+        pull.end,
+        headers={"Content-Disposition": f'attachment; filename="{pull.name}"'},
+    )

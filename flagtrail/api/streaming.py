@@ -1,0 +1,90 @@
+"""A streamed response that a reader can never mistake for complete when it is not.
+
+When the source fails mid-stream (a record fails its hash, the log goes away, the
+token is revoked), the response ends without its last chunk: the connection is
+closed, so curl exits non-zero and a client sees a truncated transfer, never a
+short but well-formed file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import anyio
+import structlog
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+log = structlog.get_logger("flagtrail.api")
+
+
+class StreamAborted(Exception):
+    """Stop the stream on purpose (the reason is logged, the connection dropped)."""
+
+
+class CheckedStream(Response):
+    def __init__(
+        self,
+        chunks: Iterator[bytes],
+        media_type: str,
+        on_end: Callable[[bool, bool], None],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        # no body attribute: Response would announce content-length: 0
+        self.status_code, self.media_type, self.background = 200, media_type, None
+        self.init_headers(headers)
+        self.chunks = chunks
+        # (complete, client_left) -> None, run in a thread. For a complete stream it runs
+        # before the last chunk goes out, so a pull whose receipt cannot be chained
+        # fails at the client instead of succeeding unrecorded.
+        self.on_end = on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        left = anyio.Event()
+
+        async def watch_disconnect() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    left.set()
+                    return
+
+        complete = False
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(watch_disconnect)
+                try:
+                    complete = await self._send_all(send, left)
+                finally:
+                    group.cancel_scope.cancel()
+        finally:
+            if not complete:  # shielded: an unfinished pull is chained even on shutdown
+                with anyio.CancelScope(shield=True):
+                    await self._end(False, left.is_set())
+        # not complete: return without the final chunk; the server closes the connection
+
+    async def _send_all(self, send: Send, left: anyio.Event) -> bool:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        sentinel = object()
+        while not left.is_set():
+            try:
+                chunk = await run_in_threadpool(next, self.chunks, sentinel)
+            except Exception as exc:  # a check failed or the log went away: one line, no traceback
+                log.error("api.stream_aborted", reason=str(exc), kind=type(exc).__name__)
+                return False
+            if chunk is sentinel:
+                if not await self._end(True, False):
+                    return False
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return True
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        return False
+
+    async def _end(self, complete: bool, client_left: bool) -> bool:
+        try:
+            await run_in_threadpool(self.on_end, complete, client_left)
+            return True
+        except Exception as exc:
+            log.error("api.receipt_failed", reason=str(exc), kind=type(exc).__name__)
+            return False

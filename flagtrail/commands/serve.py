@@ -1,0 +1,137 @@
+"""`flagtrail serve`: the read-only evidence API over HTTP(S)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from producers.errors import ConfigError
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number (1-65535)")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from flagtrail.cli import _add_backends, _add_identities, _add_signing_key
+
+    p = sub.add_parser(
+        "serve",
+        help="serve the read-only evidence API (export, package, head)",
+        description="Answers GET/POST /v1/export (the window's JSONL, streamed), "
+        "GET /v1/package (the signed package as tar.gz), GET /v1/head, /healthz, "
+        "/metrics and /openapi.json. Callers need a token from `flagtrail token create`; "
+        "every pull is chained as an evidence_exported event.",
+    )
+    p.add_argument(
+        "--host", help="address to listen on [env FLAGTRAIL_API_HOST, default 127.0.0.1]"
+    )
+    p.add_argument("--port", type=_port, help="port [env FLAGTRAIL_API_PORT, default 8080]")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (with --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--max-window-days",
+        type=_positive,
+        help="longest window a caller may ask for [env FLAGTRAIL_API_MAX_WINDOW_DAYS, default 400]",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=_positive,
+        help="requests a minute per token [env FLAGTRAIL_API_RATE_LIMIT, default 120]",
+    )
+    _add_signing_key(p, "packages from /v1/package")
+    _add_identities(p)
+    _add_backends(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def _env_int(name: str, given: int | None, default: int) -> int:
+    if given is not None:
+        return given
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a whole number") from None
+    if value < 1:
+        raise ConfigError(f"{name}={text!r} must be at least 1")
+    return value
+
+
+def api_config(args: argparse.Namespace):  # -> ApiConfig
+    from flagtrail.api.config import DEFAULT_HOST, DEFAULT_PORT, ApiConfig
+    from flagtrail.settings import Settings
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    port = _env_int("FLAGTRAIL_API_PORT", args.port, DEFAULT_PORT)
+    if port > 65535:
+        raise ConfigError(f"FLAGTRAIL_API_PORT={port} is not a port number")
+    return ApiConfig(
+        settings=Settings.from_args(args),
+        host=args.host or os.environ.get("FLAGTRAIL_API_HOST") or DEFAULT_HOST,
+        port=port,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        max_window_days=_env_int("FLAGTRAIL_API_MAX_WINDOW_DAYS", args.max_window_days, 400),
+        rate_per_minute=_env_int("FLAGTRAIL_API_RATE_LIMIT", args.rate_limit, 120),
+    )
+
+
+def _check_tls(cert: Path, key: Path) -> None:
+    """One sentence before start-up rather than uvicorn's traceback."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use --tls-cert {cert} / --tls-key {key}: {exc}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from flagtrail.api.app import create_app
+
+    config = api_config(args)
+    if config.tls_cert and config.tls_key:
+        _check_tls(config.tls_cert, config.tls_key)
+    app = create_app(config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
+            ssl_keyfile=str(config.tls_key) if config.tls_key else None,
+            access_log=False,  # ours (flagtrail.api.app.AccessLog) never logs query strings
+            log_config=None,
+            server_header=False,
+            lifespan="off",
+        )
+    )
+    server.config.load()
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
+        raise ConfigError(f"cannot serve on {config.host}:{config.port}") from exc
+    return 0 if server.started else 2
