@@ -297,8 +297,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
         controls = parse_controls(args.controls) if args.controls else None
     except ValueError as exc:
         raise ConfigError(f"--controls: {exc}") from None
-    counts, rotations = count_controls(Path(args.file))
-    print(format_summary(counts, controls, rotations), end="")
+    from collections import Counter
+
+    exceptions: Counter[str] = Counter()
+    counts, rotations = count_controls(Path(args.file), exceptions)
+    print(format_summary(counts, controls, rotations, exceptions), end="")
     return 0
 
 

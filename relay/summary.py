@@ -11,10 +11,16 @@ from relay.canonical import LineError, strict_record
 
 
 def format_summary(
-    counts: Counter[str], controls: Iterable[str] | None = None, rotations: Sequence[int] = ()
+    counts: Counter[str],
+    controls: Iterable[str] | None = None,
+    rotations: Sequence[int] = (),
+    exceptions: Counter[str] | None = None,
 ) -> str:
     """``SOC2 control coverage summary:`` then `` CC6.1: N events`` per control, sorted
-    (the seed's format), then one line per sentinel rotation when there are any."""
+    (the seed's format), then one line per sentinel rotation when there are any, then
+    the exceptions apart: changes recorded from a flag platform that the write-time
+    policy would have refused (counted by the control they break, never as evidence
+    of that control)."""
     wanted = set(controls) if controls is not None else set(counts)
     lines = ["SOC2 control coverage summary:"]
     lines += [f" {ctrl}: {counts.get(ctrl, 0)} events" for ctrl in sorted(wanted)]
@@ -22,11 +28,17 @@ def format_summary(
         f"Sentinel rotation at record {r}: a new epoch starts (see the manifest's rotations)"
         for r in rotations
     ]
+    if exceptions:
+        lines.append("Policy exceptions (detected in changes from flag platforms, not prevented):")
+        lines += [f" {ctrl}: {n} exceptions" for ctrl, n in sorted(exceptions.items())]
     return "\n".join(lines) + "\n"
 
 
-def count_controls(path: Path) -> tuple[Counter[str], list[int]]:
-    """Control counts and the record numbers of sentinel rotations."""
+def count_controls(
+    path: Path, exceptions: Counter[str] | None = None
+) -> tuple[Counter[str], list[int]]:
+    """Control counts and the record numbers of sentinel rotations; the controls of
+    ``policy_findings`` are counted into ``exceptions`` when given."""
     counts: Counter[str] = Counter()
     rotations: list[int] = []
     try:
@@ -37,6 +49,8 @@ def count_controls(path: Path) -> tuple[Counter[str], list[int]]:
                 except LineError as exc:
                     raise EvidenceError(f"{path}: record {number} is unreadable: {exc}") from None
                 counts.update(record.get("soc2_controls") or ())
+                if exceptions is not None:
+                    exceptions.update(finding_controls(record))
                 if record.get("action") == "sentinel_rotation":
                     rotations.append(number)
     except FileNotFoundError:
@@ -44,3 +58,11 @@ def count_controls(path: Path) -> tuple[Counter[str], list[int]]:
     except OSError as exc:
         raise ConfigError(f"cannot read export {path}: {exc}") from exc
     return counts, rotations
+
+
+def finding_controls(record: dict) -> list[str]:
+    """The controls a record's ``policy_findings`` name (records from flag platforms)."""
+    findings = record.get("policy_findings")
+    if not isinstance(findings, list):
+        return []
+    return [str(f.get("control")) for f in findings if isinstance(f, dict)]

@@ -67,6 +67,7 @@ def test_alerts_cover_what_operators_and_auditors_need() -> None:
         "FlagtrailQuarantinedRows",
         "FlagtrailProducerClockSkew",
         "FlagtrailRelayBackendOutage",
+        "FlagtrailPolicyExceptions",
     }
     for group in rules["groups"]:
         for rule in group["rules"]:

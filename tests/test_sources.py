@@ -395,3 +395,42 @@ def test_webhook_records_relay_export_and_verify(
     lines = jsonl.read_text().splitlines()
     assert [json.loads(line)["action"] for line in lines] == ["update", "rejected", "update"]
     assert canonical_json({"a": "Ålice 😀"}).encode().isascii()
+
+
+def test_exceptions_are_counted_apart_in_the_summary_and_the_relay_metric(
+    sqlite_engine: Engine, workdir: Path, rsa_keys: Path
+) -> None:
+    from prometheus_client import generate_latest
+
+    from relay.logs.base import LogEntry
+    from relay.metrics import RelayMetrics
+    from relay.relay import BatchResult
+
+    ld = receiver(sqlite_engine, workdir, "launchdarkly")
+    body = json.dumps(LD_ENTRY).encode()  # production, no approver: a CC8.1 exception
+    assert ld.receive(body, {"X-LD-Signature": sign(SECRET, body)}).status == 200
+    body = flagsmith_body(FS_ENVIRONMENT)  # development: no exception
+    fs = receiver(sqlite_engine, workdir, "flagsmith")
+    assert fs.receive(body, {"X-Flagsmith-Signature": sign(SECRET, body)}).status == 200
+    env = {"AUDIT_SIGNING_KEY_PATH": str(rsa_keys / "audit-private.pem")}
+    assert run_cli("relay", "--once", cwd=workdir, env=env).returncode == 0
+    days = ["--start", "2020-01-01", "--end", datetime.now(UTC).date().isoformat()]
+    assert run_cli("export", *days, "--out", "ev", cwd=workdir, env=env).returncode == 0
+    jsonl = next((workdir / "ev").glob("*.jsonl"))
+    summary = run_cli("summary", str(jsonl), cwd=workdir).stdout
+    # the seed's lines first and unchanged; the exception is not counted as CC8.1 evidence
+    assert summary.startswith(
+        "SOC2 control coverage summary:\n CC6.1: 2 events\n CC6.6: 2 events\n CC7.2: 1 events\n"
+    )
+    assert " CC8.1: 1 exceptions" in summary.split("Policy exceptions")[1]
+    metrics = RelayMetrics("flag-audit")
+    lines = jsonl.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    entries = [
+        LogEntry(r["sequence"], r["timestamp_utc"], r["hash"], line, None)
+        for r, line in zip(records, lines, strict=True)
+    ]
+    metrics.batch(BatchResult(2, 1, 2, 0.01, entries, records, datetime.now(UTC).timestamp()))
+    exposed = generate_latest(metrics.registry).decode()
+    assert 'flagtrail_policy_exceptions_total{control="CC8.1",source="launchdarkly"} 1.0' in exposed
+    assert 'source="flagsmith"' not in exposed
