@@ -434,3 +434,26 @@ def test_exceptions_are_counted_apart_in_the_summary_and_the_relay_metric(
     exposed = generate_latest(metrics.registry).decode()
     assert 'flagtrail_policy_exceptions_total{control="CC8.1",source="launchdarkly"} 1.0' in exposed
     assert 'source="flagsmith"' not in exposed
+
+
+# -- the commands' refusals (one sentence, an exit code, nothing written) -------------------
+def test_follow_without_a_token_or_with_no_unleash_there_says_so(workdir: Path) -> None:
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    no_token = run_cli("sources", "unleash", "follow", "--url", url, "--once", cwd=workdir)
+    assert no_token.returncode == 2 and "FLAGTRAIL_UNLEASH_TOKEN" in no_token.stderr
+    down = run_cli(
+        "sources", "unleash", "follow", "--url", url, "--token", "t", "--once", cwd=workdir
+    )
+    assert down.returncode == 5 and "unreachable" in down.stderr
+    assert "Traceback" not in down.stderr + no_token.stderr
+
+
+def test_install_refuses_a_database_that_is_not_postgresql(workdir: Path) -> None:
+    done = run_cli(
+        "sources", "unleash", "install", "--database-url", f"sqlite:///{workdir / 'u.db'}",
+        cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 2 and "PostgreSQL" in done.stderr
+    assert "Traceback" not in done.stderr

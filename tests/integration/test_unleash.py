@@ -445,3 +445,16 @@ def test_a_follower_killed_mid_run_resumes_exactly_once(
         f"unleash:{e['id']}" for e in events
     ]
     assert sys.executable  # the follower ran under this interpreter
+
+
+def test_install_and_follow_refuse_the_wrong_database_or_token(
+    unleash: UnleashServer, outbox_db: str, workdir: Path
+) -> None:
+    wrong = run_cli("sources", "unleash", "install", "--database-url", outbox_db)
+    assert wrong.returncode == 2 and "no Unleash events table" in wrong.stderr
+    refused = run_cli(
+        "sources", "unleash", "follow", "--url", unleash.url, "--token", "*:*.not-a-token",
+        "--outbox-url", outbox_db, "--once", cwd=workdir,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "refused the token" in refused.stderr
+    assert "Traceback" not in wrong.stderr + refused.stderr
