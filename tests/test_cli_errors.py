@@ -77,6 +77,16 @@ BAD_OPTIONS: dict[str, list[str]] = {
     "--workers": ["zero"],
     "--weeks": ["0"],
     "--metrics-port": ["http"],
+    "--database-url": [
+        "mysql://x/y",
+        "::not a url::",
+        "sqlite:///missing/nothing.here/unleash.db",
+        "postgresql+psycopg://u:secretpw@127.0.0.1:1/db?connect_timeout=2",
+    ],
+    "--url": ["not a url", "ftp://example.com/"],
+    "--interval": ["0", "soon"],
+    "--lookback": ["-1"],
+    "--chunk": ["0"],
 }
 BAD_POSITIONALS = {"file": [MISSING, FOLDER, GARBAGE]}
 

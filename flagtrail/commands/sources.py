@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 
 from producers.errors import ConfigError
 
@@ -104,6 +103,8 @@ def cmd_follow(args: argparse.Namespace) -> int:
     from producers.policy import load_policy
     from producers.sources.unleash_follow import UnleashFollower, http_fetch
 
+    if not args.url.startswith(("http://", "https://")):
+        raise ConfigError(f"--url {args.url!r} is not Unleash's http(s) base URL")
     token = args.token or os.environ.get("FLAGTRAIL_UNLEASH_TOKEN")
     if not token:
         raise ConfigError("give Unleash's admin API token: --token or FLAGTRAIL_UNLEASH_TOKEN")
@@ -124,6 +125,16 @@ def cmd_follow(args: argparse.Namespace) -> int:
         return 0
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
-    print(f"following {args.url} (cursor {args.name})", file=sys.stderr)
-    follower.run(args.interval, lambda: bool(stopping))
+    import structlog
+
+    log = structlog.get_logger("flagtrail.sources.unleash")
+    log.info("unleash.follow.started", url=args.url, cursor=args.name)
+
+    def report(written: int, problem: str | None) -> None:
+        if problem:
+            log.warning("unleash.follow.waiting", reason=problem)
+        elif written:
+            log.info("unleash.follow.recorded", events=written)
+
+    follower.run(args.interval, lambda: bool(stopping), report)
     return 0

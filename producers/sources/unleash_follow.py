@@ -41,6 +41,7 @@ from producers.sources.common import (
     source_record,
 )
 from producers.sources.unleash import unleash_change
+from relay.outbox.sql import translated
 
 PAGE_LIMIT = 1000  # Unleash's maximum page size
 SEARCH_PATH = "/api/admin/search/events"
@@ -135,7 +136,7 @@ class UnleashFollower:
         _metadata.create_all(engine)
 
     def cursor(self) -> Cursor | None:
-        with self.engine.connect() as conn:
+        with translated(self.engine, "reading the Unleash cursor"), self.engine.connect() as conn:
             row = conn.execute(
                 select(source_cursor).where(source_cursor.c.name == self.name)
             ).first()
@@ -191,7 +192,7 @@ class UnleashFollower:
                     )
                 )
             last = batch[-1]
-            with self.engine.begin() as conn:
+            with translated(self.engine, "recording Unleash events"), self.engine.begin() as conn:
                 written += insert_records(conn, self.chain_id, records)
                 self._advance(conn, Cursor(_id(last), _at(last)))
                 if before_commit is not None:
@@ -215,11 +216,19 @@ class UnleashFollower:
                 source_cursor.update().where(source_cursor.c.name == self.name).values(**values)
             )
 
-    def run(self, interval: float, should_stop: Callable[[], bool]) -> None:
+    def run(
+        self,
+        interval: float,
+        should_stop: Callable[[], bool],
+        report: Callable[[int, str | None], None] = lambda written, problem: None,
+    ) -> None:
+        """Poll until ``should_stop``; ``report(written, problem)`` after each poll (an
+        outage of Unleash or the outbox is reported and retried, never fatal)."""
         while not should_stop():
             try:
-                self.poll_once()
-            except BackendUnavailable:
+                report(self.poll_once(), None)
+            except BackendUnavailable as exc:
+                report(0, str(exc))
                 if should_stop():
                     return
             deadline = time.monotonic() + interval
