@@ -549,17 +549,20 @@ def main() -> None:
     parser.add_argument(
         "parts",
         nargs="*",
-        metavar="{embedded,scale,verify,unleash}",
-        help="which benchmarks (default: embedded and scale; verify: only the verify ratios)",
+        metavar="{embedded,scale,verify,api,unleash}",
+        help="which benchmarks (default: embedded, scale, api and unleash; verify: only the "
+        "verify ratios)",
     )
     parser.add_argument("--drain-events", type=int, default=100_000)
     parser.add_argument("--verify-events", type=int, default=300_000)
     parser.add_argument("--latency-seconds", type=int, default=60)
+    parser.add_argument("--api-events", type=int, default=1_000_000)
+    parser.add_argument("--api-per-day", type=int, default=200)
     parser.add_argument("--unleash-samples", type=int, default=200)
     parser.add_argument("--unleash-follow-events", type=int, default=20_000)
     args = parser.parse_args()
-    args.parts = args.parts or ["embedded", "scale", "unleash"]
-    if unknown := set(args.parts) - {"embedded", "scale", "verify", "unleash"}:
+    args.parts = args.parts or ["embedded", "scale", "api", "unleash"]
+    if unknown := set(args.parts) - {"embedded", "scale", "verify", "api", "unleash"}:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     lines = ["| benchmark | result | note |", "|---|---|---|"]
     if "embedded" in args.parts:
@@ -569,6 +572,11 @@ def main() -> None:
         verify_vs_seed(lines, args.verify_events, all_non_ascii=False, foreign=True)
     if "scale" in args.parts:
         bench_scale(lines, args.drain_events, args.latency_seconds)
+    if "api" in args.parts:
+        from api_bench import bench_api, bench_latency
+
+        bench_api(lines, args.api_events, fresh)
+        bench_latency(lines, args.api_per_day, fresh)
     if "unleash" in args.parts:
         bench_unleash(lines, args.unleash_samples, args.unleash_follow_events)
     header = (

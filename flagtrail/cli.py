@@ -109,15 +109,10 @@ def _add_identities(parser: argparse.ArgumentParser) -> None:
 
 
 def _outbox(args: argparse.Namespace):  # -> producers.Outbox
-    from flagtrail import settings
-    from producers import Outbox
+    from flagtrail.service import open_outbox
+    from flagtrail.settings import Settings
 
-    engine = settings.make_engine(settings.outbox_url(args.outbox_url))
-    return Outbox(
-        engine,
-        settings.identities_path(getattr(args, "identities", None)),
-        chain_id=settings.chain_id(args.chain),
-    )
+    return open_outbox(Settings.from_args(args))
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -171,20 +166,14 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
 
 
 def _relay(args: argparse.Namespace):  # -> relay.relay.Relay
-    from flagtrail import settings
-    from relay.logs import open_log
-    from relay.outbox import open_outbox_source
-    from relay.relay import Relay
+    from flagtrail.service import make_relay
+    from flagtrail.settings import Settings
 
-    engine = settings.make_engine(settings.outbox_url(args.outbox_url))
-    source = open_outbox_source(engine, settings.chain_id(args.chain))
-    audit_log = open_log(settings.log_url(args.log_url), source.chain_id)
-    return Relay(
-        source,
-        audit_log,
-        batch_size=args.batch_size,
-        clock_skew_tolerance_s=args.clock_skew_tolerance,
-        max_payload_bytes=args.max_payload_bytes,
+    return make_relay(
+        Settings.from_args(args),
+        args.batch_size,
+        args.clock_skew_tolerance,
+        args.max_payload_bytes,
     )
 
 
@@ -193,8 +182,9 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
     relay = _relay(args)
     if args.once:
-        relay.resume()
-        count = relay.drain()
+        from flagtrail.service import relay_once
+
+        count = relay_once(relay)
         print(f"relayed {count} events; chain head is sequence {relay.head.sequence}")
         return 0
     stop = threading.Event()
@@ -225,10 +215,9 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from flagtrail import settings
+    from flagtrail import service
+    from flagtrail.settings import Settings
     from producers.controls import parse_controls
-    from relay.export import export_window
-    from relay.logs import open_log
 
     controls = None
     if args.controls:
@@ -236,23 +225,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             controls = parse_controls(args.controls)
         except ValueError as exc:
             raise ConfigError(f"--controls: {exc}") from None
-    key = Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key))
-    from relay.signing import load_private_key
-
-    load_private_key(key)  # a missing key fails before the log is opened
-    with open_log(
-        settings.log_url(args.log_url), settings.chain_id(args.chain), read_only=True
-    ) as audit_log:
-        paths, manifest = export_window(
-            audit_log,
-            args.start,
-            args.end,
-            Path(args.out),
-            key,
-            controls,
-            progress=lambda n: print(f"  … {n:,} records", file=sys.stderr),
-            previous=Path(args.previous) if args.previous else None,
-        )
+    paths, manifest = service.export(
+        Settings.from_args(args),
+        args.start,
+        args.end,
+        Path(args.out),
+        controls,
+        previous=Path(args.previous) if args.previous else None,
+        progress=lambda n: print(f"  … {n:,} records", file=sys.stderr),
+    )
     print(f"Evidence file : {paths.jsonl}")
     print(f"Signature file: {paths.signature}")
     print(f"Manifest      : {paths.manifest} (signed: {paths.manifest_signature.name})")
@@ -269,21 +250,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from relay.trust import Trust
-    from relay.verify import render, verify_export
+    from flagtrail.service import verify
+    from relay.verify import render
 
-    trust = (
-        Trust()
-        if args.chain_only
-        else Trust.from_environment([Path(p) for p in args.pubkey], args.key_fingerprint)
-    )
-    report = verify_export(
+    report = verify(
         Path(args.file),
+        [Path(p) for p in args.pubkey],
+        args.key_fingerprint,
+        chain_only=args.chain_only,
         anchor=args.anchor,
         workers=args.workers,
-        trust=trust,
         previous=Path(args.previous) if args.previous else None,
-        chain_only=args.chain_only,
     )
     print(render(report))
     return report.exit_code
@@ -328,18 +305,10 @@ def _timestamp(text: str):  # -> datetime
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    from flagtrail import settings
-    from producers.meta import request_rotation, require_operator
-    from relay.signing import load_private_key
+    from flagtrail.service import rotate
+    from flagtrail.settings import Settings
 
-    if not args.reason.strip():
-        raise InvalidChange("a rotation needs a --reason")
-    outbox = _outbox(args)
-    with outbox.engine.begin() as conn:
-        # refused (and recorded) before the key is read: no key needed to be told no
-        require_operator(outbox, conn, args.actor, "sentinel_rotation")
-        key = load_private_key(Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key)))
-        event_id = request_rotation(outbox, conn, args.actor, args.reason, key)
+    event_id = rotate(Settings.from_args(args), args.actor, args.reason)
     print(
         f"rotation requested (event {event_id}, signed); the relay starts the new epoch when "
         "it chains it, naming the previous head"
@@ -348,16 +317,12 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_gap_document(args: argparse.Namespace) -> int:
-    from flagtrail import settings
-    from producers.meta import document_gap, gap_statement, require_operator
-    from relay.signing import load_private_key
+    from flagtrail.service import gap_document
+    from flagtrail.settings import Settings
 
-    statement = gap_statement(args.start, args.end, args.reason, args.author)
-    outbox = _outbox(args)
-    with outbox.engine.begin() as conn:
-        require_operator(outbox, conn, args.author, "gap_documented")
-        key = load_private_key(Path(settings.setting("AUDIT_SIGNING_KEY_PATH", args.signing_key)))
-        event_id = document_gap(outbox, conn, statement, key)
+    event_id, statement = gap_document(
+        Settings.from_args(args), args.start, args.end, args.reason, args.author
+    )
     print(
         f"gap {statement['from']} → {statement['to']} documented (event {event_id}, signed); "
         "it is chained with the next relay batch"
@@ -365,72 +330,43 @@ def cmd_gap_document(args: argparse.Namespace) -> int:
     return 0
 
 
-def _statement_keys(pubkeys: list[str]) -> list[Any]:
-    """Keys that check statement signatures: --pubkey, FLAGTRAIL_TRUSTED_KEYS's PEM keys,
-    and the public half of the signing key when one is there (as export uses it)."""
-    from flagtrail import settings
-    from relay.signing import load_private_key
-    from relay.trust import Trust
-
-    keys = list(Trust.from_environment([Path(p) for p in pubkeys]).keys)
-    signing = Path(settings.setting("AUDIT_SIGNING_KEY_PATH"))
-    if signing.is_file():
-        keys.append(load_private_key(signing).public_key())
-    return keys
-
-
 def cmd_gap_scan(args: argparse.Namespace) -> int:
-    from flagtrail import settings
-    from relay.canonical import LineError, strict_record
-    from relay.export import window_bounds
-    from relay.gaps import GapFinder
-    from relay.logs import open_log
-    from relay.statements import CheckedGapFinder
+    from flagtrail.service import gap_scan
+    from flagtrail.settings import Settings
 
-    since, until = window_bounds(args.start, args.end)
-    keys = _statement_keys(args.pubkey)
-    silence = args.silence_threshold * 3600 if args.silence_threshold else None
-    if keys:  # a statement documents only with a good signature, as in verify
-        finder: GapFinder = CheckedGapFinder(keys, args.lag_threshold)
-        finder.silence_threshold_s, finder.clock_skew_tolerance_s = (
-            silence,
-            args.clock_skew_tolerance,
-        )
-    else:
+    scan = gap_scan(
+        Settings.from_args(args),
+        args.start,
+        args.end,
+        args.lag_threshold,
+        args.silence_threshold,
+        args.clock_skew_tolerance,
+        [Path(p) for p in args.pubkey],
+    )
+    if not scan.signatures_checked:
         print(
             "statement signatures NOT checked: no key (pass --pubkey, FLAGTRAIL_TRUSTED_KEYS "
             "or AUDIT_SIGNING_KEY_PATH)"
         )
-        finder = GapFinder(args.lag_threshold, silence, args.clock_skew_tolerance)
-    unreadable = []  # a bad line is reported and the scan goes on: it must not hide gaps
-    with open_log(
-        settings.log_url(args.log_url), settings.chain_id(args.chain), read_only=True
-    ) as audit_log:
-        for entry in audit_log.read(since, until):
-            try:
-                finder.add(strict_record(entry.line))
-            except LineError as exc:
-                unreadable.append(f"log record at sequence {entry.sequence} is unreadable: {exc}")
-        finder.note_statements_after(audit_log, until)
-    gaps = finder.result()
-    if not gaps and not unreadable:
-        print(f"no suspicious gaps between {since} and {until}")
-    for problem in unreadable:
+    if not scan.gaps and not scan.unreadable:
+        print(f"no suspicious gaps between {scan.since} and {scan.until}")
+    for problem in scan.unreadable:
         print(f"{'unreadable':14} {problem}")
-    for gap in gaps:
+    for gap in scan.gaps:
         state = f"documented by {gap.documented_by}" if gap.documented_by else "UNDOCUMENTED"
         print(
             f"{gap.kind:14} {gap.start} → {gap.end}  seq {gap.sequence}  {state}\n"
             f"{'':14} {gap.detail}"
         )
-    undocumented = [g for g in gaps if not g.documented_by]
+    undocumented = scan.undocumented
     if undocumented:
         print(
             f"{len(undocumented)} undocumented: document each with `flagtrail gap document "
             "--from T --to T --reason … --author …`"
         )
-    if unreadable:
-        print(f"{len(unreadable)} unreadable record(s): the log is damaged (`flagtrail verify`)")
+    if scan.unreadable:
+        count = len(scan.unreadable)
+        print(f"{count} unreadable record(s): the log is damaged (`flagtrail verify`)")
         return 1
     return 1 if undocumented and args.fail_on_undocumented else 0
 
@@ -438,15 +374,11 @@ def cmd_gap_scan(args: argparse.Namespace) -> int:
 def cmd_drift(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from flagtrail import settings
-    from relay.drift import check_drift
-    from relay.logs import open_log
+    from flagtrail.service import drift
+    from flagtrail.settings import Settings
 
     as_of = args.as_of or datetime.now(UTC).date()
-    with open_log(
-        settings.log_url(args.log_url), settings.chain_id(args.chain), read_only=True
-    ) as audit_log:
-        report = check_drift(audit_log, as_of, args.weeks, args.threshold)
+    report = drift(Settings.from_args(args), as_of, args.weeks, args.threshold)
     start, end = report.week
     print(
         f"events {start} → {end}: {report.count}; trailing {args.weeks} weeks: "

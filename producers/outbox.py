@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -18,6 +19,7 @@ from producers.policy import Policy, Violation, evaluate, load_policy
 from producers.schema import ensure_schema, outbox
 
 DEFAULT_CHAIN = "flag-audit"
+DEFAULT_IDENTITIES = "identities.toml"
 
 
 def _epoch_us(moment: datetime) -> int:
@@ -80,9 +82,11 @@ class Outbox:
         self.chain_id = chain_id
         self.clock = clock
         if identities is None or isinstance(identities, str):
-            from flagtrail.settings import identities_path
-
-            identities = FileIdentityDirectory(identities or identities_path())
+            # the library's own default, never the CLI's settings: callers that resolved
+            # settings (flagtrail.settings.Settings) pass the path
+            identities = FileIdentityDirectory(
+                identities or os.environ.get("FLAGTRAIL_IDENTITIES") or DEFAULT_IDENTITIES
+            )
         self.identities = identities
         if create_schema:
             ensure_schema(engine)

@@ -415,6 +415,10 @@ def test_metrics_and_openapi(api: Server) -> None:
     spec = httpx.get(f"{api.url}/openapi.json").json()
     assert {"/v1/export", "/v1/package", "/v1/head", "/healthz", "/metrics"} <= set(spec["paths"])
     assert "application/x-www-form-urlencoded" in json.dumps(spec["paths"]["/v1/export"]["post"])
+    # read-only by construction: nothing but GET, and the seed's form POST that reads too
+    methods = {(path, m) for path, ops in spec["paths"].items() for m in ops}
+    assert {m for _, m in methods} <= {"get", "post"}
+    assert {path for path, m in methods if m == "post"} == {"/v1/export"}
 
 
 # -- rate limit ---------------------------------------------------------------------------------
@@ -433,6 +437,12 @@ def test_a_token_over_its_rate_gets_429_with_retry_after(tmp_path: Path, rsa_key
         assert int(limited.headers["retry-after"]) >= 1
         assert limited.json()["type"].endswith("rate-limited")
         assert httpx.get(f"{server.url}/v1/head", headers=auth(other)).status_code == 200
+        # guessing tokens from one address is throttled too
+        guesses = [
+            httpx.get(f"{server.url}/v1/head", headers=auth(f"ftk_guess{n}")).status_code
+            for n in range(5)
+        ]
+        assert guesses[:3] == [401, 401, 401] and guesses[3:] == [429, 429]
 
 
 # -- TLS ----------------------------------------------------------------------------------------
@@ -612,3 +622,27 @@ def test_a_token_revoked_mid_stream_stops_the_stream(tmp_path: Path, rsa_keys: P
     pull.end(complete=False, client_left=False)
     [receipt] = receipts(folder)
     assert receipt["meta"]["outcome"] == "aborted" and receipt["meta"]["record_count"] == 2
+
+
+def test_concurrent_first_pulls_all_complete_with_their_receipts(
+    tmp_path: Path, rsa_keys: Path
+) -> None:
+    """A fresh outbox database (only the token table): the first pulls arrive together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder = chain_folder(tmp_path / "first", rsa_keys, records=10)
+    (folder / "outbox.db").unlink()
+    for extra in ("outbox.db-wal", "outbox.db-shm"):
+        (folder / extra).unlink(missing_ok=True)
+    secret = make_token(folder, "many", "export:read")
+    with serve(folder) as server:
+
+        def pull(_: int) -> int:
+            got = httpx.get(f"{server.url}/v1/export", params=H1, headers=auth(secret))
+            return got.status_code if got.content.count(b"\n") == 10 else -1
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(pull, range(12)))
+        assert codes == [200] * 12
+        assert "receipt_failed" not in server.log()
+    assert len(receipts(folder)) == 12

@@ -87,6 +87,13 @@ BAD_OPTIONS: dict[str, list[str]] = {
     "--interval": ["0", "soon"],
     "--lookback": ["-1"],
     "--chunk": ["0"],
+    "--port": ["99999", "http"],
+    "--tls-cert": [MISSING, GARBAGE],
+    "--max-window-days": ["0"],
+    "--rate-limit": ["-5"],
+    "--max-streams": ["0"],
+    "--scope": ["flags:write"],
+    "--expires": ["soon", "0d"],
 }
 BAD_POSITIONALS = {"file": [MISSING, FOLDER, GARBAGE]}
 
@@ -97,6 +104,8 @@ VALID = {
     "--from": "2026-01-01T00:00:00Z",
     "--to": "2026-01-01T01:00:00Z",
     "--events": "3",
+    "--scope": "export:read",
+    "--name": "ci-weekly",
 }
 
 

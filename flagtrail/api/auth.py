@@ -21,12 +21,25 @@ TOUCH_EVERY_S = 60  # last use is written at most once a minute per token
 
 
 def _unauthorized(reason: str, detail: str) -> Problem:
-    error = "invalid_request" if reason == "missing" else "invalid_token"
+    # RFC 6750 3.1: a request without credentials gets the bare challenge, no error code
+    challenge = CHALLENGE if reason == "missing" else f'{CHALLENGE}, error="invalid_token"'
+    return Problem(401, f"token-{reason}", detail, headers={"WWW-Authenticate": challenge})
+
+
+def _throttle_failures(request: Request, problem: Problem) -> Problem:
+    """Guessing tokens costs a bucket per client address: 429 once it is empty."""
+    ctx = context_of(request)
+    client = request.client.host if request.client else "unknown"
+    wait = ctx.limiter.take(f"unauthenticated:{client}")
+    if not wait:
+        return problem
+    ctx.metrics.rate_limited.inc()
+    seconds = max(1, math.ceil(wait))
     return Problem(
-        401,
-        f"token-{reason}",
-        detail,
-        headers={"WWW-Authenticate": f'{CHALLENGE}, error="{error}"'},
+        429,
+        "rate-limited",
+        f"too many refused requests from this address; retry in {seconds} s",
+        headers={"Retry-After": str(seconds)},
     )
 
 
@@ -46,13 +59,14 @@ def authenticate(request: Request, scope: str) -> TokenInfo:
     presented = _presented(request)
     if presented is None:
         ctx.metrics.auth_failures.labels("missing").inc()
-        raise _unauthorized("missing", "send a token: Authorization: Bearer <token>")
+        problem = _unauthorized("missing", "send a token: Authorization: Bearer <token>")
+        raise _throttle_failures(request, problem)
     info = ctx.tokens.lookup(presented)
     now = datetime.now(UTC)
     state = "unknown" if info is None else info.state(now)
     if info is None or state != "active":
         ctx.metrics.auth_failures.labels(state).inc()
-        raise _unauthorized(state, f"the token is {state}")
+        raise _throttle_failures(request, _unauthorized(state, f"the token is {state}"))
     if scope not in info.scopes:
         ctx.metrics.auth_failures.labels("scope").inc()
         raise Problem(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from flagtrail.api.config import ApiConfig
 from flagtrail.api.metrics import ApiMetrics
 from flagtrail.api.ratelimit import RateLimiter
+from flagtrail.api.receipts import ReceiptWriter
 from flagtrail.api.tokens import TokenStore
 
 if TYPE_CHECKING:
@@ -24,29 +28,36 @@ class ApiContext:
     tokens: TokenStore
     limiter: RateLimiter
     metrics: ApiMetrics
-    _outbox: Outbox | None = None
+    outbox: Outbox
+    receipts: ReceiptWriter
+    _slots: asyncio.Semaphore | None = field(default=None, repr=False)
+
+    @asynccontextmanager
+    async def stream_slot(self) -> AsyncIterator[None]:
+        """Wait for one of ``max_streams`` slots: memory stays bounded however many pull."""
+        if self._slots is None:  # made in the event loop that serves
+            self._slots = asyncio.Semaphore(self.config.max_streams)
+        async with self._slots:
+            yield
 
     @classmethod
     def build(cls, config: ApiConfig) -> ApiContext:
+        """Everything made once, at start-up (the outbox schema too: never in a race)."""
         from flagtrail.settings import make_engine
+        from producers.outbox import Outbox
 
-        engine = make_engine(config.settings.outbox_url)
+        s = config.settings
+        engine = make_engine(s.outbox_url)
+        outbox = Outbox(engine, s.identities, chain_id=s.chain_id)
         return cls(
             config,
             engine,
             TokenStore(engine),
             RateLimiter(config.rate_per_minute, config.rate_burst),
             ApiMetrics(),
+            outbox,
+            ReceiptWriter(outbox),
         )
-
-    def outbox(self) -> Outbox:
-        """The outbox that chains evidence_exported receipts (made on first use)."""
-        if self._outbox is None:
-            from producers.outbox import Outbox
-
-            s = self.config.settings
-            self._outbox = Outbox(self.engine, s.identities, chain_id=s.chain_id)
-        return self._outbox
 
 
 def context_of(request: Request) -> ApiContext:

@@ -9,6 +9,7 @@ short but well-formed file.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import structlog
@@ -30,6 +31,7 @@ class CheckedStream(Response):
         media_type: str,
         on_end: Callable[[bool, bool], None],
         headers: dict[str, str] | None = None,
+        slot: AbstractAsyncContextManager[None] | None = None,
     ) -> None:
         # no body attribute: Response would announce content-length: 0
         self.status_code, self.media_type, self.background = 200, media_type, None
@@ -39,8 +41,16 @@ class CheckedStream(Response):
         # before the last chunk goes out, so a pull whose receipt cannot be chained
         # fails at the client instead of succeeding unrecorded.
         self.on_end = on_end
+        self.slot = slot  # held until the stream ends (taken before the source was opened)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._stream(receive, send)
+        finally:
+            if self.slot is not None:
+                await self.slot.__aexit__(None, None, None)
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
         left = anyio.Event()
 
         async def watch_disconnect() -> None:

@@ -30,7 +30,7 @@ def _positive(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from flagtrail.cli import _add_backends, _add_identities, _add_signing_key
+    from flagtrail.cli import _add_backends, _add_signing_key
 
     p = sub.add_parser(
         "serve",
@@ -56,8 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_positive,
         help="requests a minute per token [env FLAGTRAIL_API_RATE_LIMIT, default 120]",
     )
+    p.add_argument(
+        "--max-streams",
+        type=_positive,
+        help="exports and packages streamed at once; more wait their turn "
+        "[env FLAGTRAIL_API_MAX_STREAMS, default 8]",
+    )
     _add_signing_key(p, "packages from /v1/package")
-    _add_identities(p)
     _add_backends(p)
     p.set_defaults(func=cmd_serve)
 
@@ -94,6 +99,7 @@ def api_config(args: argparse.Namespace):  # -> ApiConfig
         tls_key=Path(args.tls_key) if args.tls_key else None,
         max_window_days=_env_int("FLAGTRAIL_API_MAX_WINDOW_DAYS", args.max_window_days, 400),
         rate_per_minute=_env_int("FLAGTRAIL_API_RATE_LIMIT", args.rate_limit, 120),
+        max_streams=_env_int("FLAGTRAIL_API_MAX_STREAMS", args.max_streams, 8),
     )
 
 
@@ -107,20 +113,44 @@ def _check_tls(cert: Path, key: Path) -> None:
         raise ConfigError(f"cannot use --tls-cert {cert} / --tls-key {key}: {exc}") from None
 
 
+def _check_ready(config) -> None:  # config: ApiConfig
+    """Refuse to start, in one sentence, on what would fail every request later."""
+    from flagtrail.service import open_audit_log
+    from relay.signing import load_private_key
+
+    if config.tls_cert and config.tls_key:
+        _check_tls(config.tls_cert, config.tls_key)
+    load_private_key(config.settings.signing_key)  # /v1/package signs with it
+    open_audit_log(config.settings).close()  # a mistyped log is an error, not empty evidence
+
+
+def _listen(host: str, port: int):  # -> socket.socket
+    """Bind before uvicorn does, so that a busy port is one sentence, not a log dump."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from flagtrail.api.app import create_app
 
     config = api_config(args)
-    if config.tls_cert and config.tls_key:
-        _check_tls(config.tls_cert, config.tls_key)
+    _check_ready(config)
     app = create_app(config)
+    sock = _listen(config.host, config.port)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=config.host,
-            port=config.port,
             ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
             ssl_keyfile=str(config.tls_key) if config.tls_key else None,
             access_log=False,  # ours (flagtrail.api.app.AccessLog) never logs query strings
@@ -129,9 +159,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             lifespan="off",
         )
     )
-    server.config.load()
-    try:
-        server.run()
-    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
-        raise ConfigError(f"cannot serve on {config.host}:{config.port}") from exc
-    return 0 if server.started else 2
+    print(
+        f"serving the evidence API on {'https' if config.tls_cert else 'http'}://"
+        f"{config.host}:{config.port} (chain {config.settings.chain_id})",
+        flush=True,
+    )
+    server.run(sockets=[sock])
+    return 0

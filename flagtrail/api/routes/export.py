@@ -62,12 +62,11 @@ class ExportPull:
     """One pull: the open log, the checked stream, and its receipt at the end."""
 
     def __init__(self, ctx: ApiContext, token: TokenInfo, win: Window) -> None:
+        from flagtrail.service import open_audit_log
         from relay.export import WindowStream
-        from relay.logs import open_log
 
         self.ctx, self.token, self.win = ctx, token, win
-        s = ctx.config.settings
-        self.log = open_log(s.log_url, s.chain_id, read_only=True)
+        self.log = open_audit_log(ctx.config.settings)
         try:
             self.stream = WindowStream(self.log, win.start, win.end, ctx.config.chunk_bytes)
         except BaseException:
@@ -114,8 +113,14 @@ async def _export(request: Request, token: TokenInfo, pairs: list[tuple[str, str
 
     ctx = context_of(request)
     win = window(single_values(pairs, PARAMETERS), ctx.config.max_window_days)
-    pull = await run_in_threadpool(ExportPull, ctx, token, win)
-    return CheckedStream(pull.chunks(), NDJSON, pull.end)
+    slot = ctx.stream_slot()
+    await slot.__aenter__()
+    try:
+        pull = await run_in_threadpool(ExportPull, ctx, token, win)
+    except BaseException as exc:
+        await slot.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    return CheckedStream(pull.chunks(), NDJSON, pull.end, slot=slot)
 
 
 @router.get(ROUTE, tags=["evidence"], summary="the window's export JSONL", responses=RESPONSES)

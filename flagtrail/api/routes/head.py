@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from flagtrail.api.auth import require
-from flagtrail.api.context import ApiContext, context_of
+from flagtrail.api.context import context_of
 from flagtrail.api.problems import problem_responses
-from relay.canonical import GENESIS
+from flagtrail.service import chain_head
 
 router = APIRouter()
 EXPORT_READ = Depends(require("export:read"))
@@ -27,22 +27,6 @@ HEAD_SCHEMA = {
 }
 
 
-def chain_head(ctx: ApiContext) -> dict[str, Any]:
-    from relay.logs import open_log
-
-    s = ctx.config.settings
-    with open_log(s.log_url, s.chain_id, read_only=True) as audit_log:
-        tail = audit_log.tail()
-    if tail is None:
-        return {"chain_id": s.chain_id, "sequence": 0, "hash": GENESIS, "timestamp_utc": None}
-    return {
-        "chain_id": s.chain_id,
-        "sequence": tail.sequence,
-        "hash": tail.record_hash,
-        "timestamp_utc": tail.timestamp_utc,
-    }
-
-
 @router.get(
     "/v1/head",
     tags=["evidence"],
@@ -53,4 +37,4 @@ def chain_head(ctx: ApiContext) -> dict[str, Any]:
     },
 )
 async def head(request: Request, _: object = EXPORT_READ) -> dict[str, Any]:
-    return await run_in_threadpool(chain_head, context_of(request))
+    return await run_in_threadpool(chain_head, context_of(request).config.settings)

@@ -33,8 +33,7 @@ class PackagePull:
     """Build the package in a private temporary folder, archive it, stream it, delete it."""
 
     def __init__(self, ctx: ApiContext, token: TokenInfo, win: Window) -> None:
-        from relay.export import export_window
-        from relay.logs import open_log
+        from flagtrail.service import export
         from relay.signing import load_private_key
 
         self.ctx, self.token, self.win = ctx, token, win
@@ -45,18 +44,13 @@ class PackagePull:
             raise Problem(
                 503, "no-signing-key", "this server has no usable signing key for packages"
             ) from exc
-        base = ctx.config.package_tmp
-        self.folder = Path(tempfile.mkdtemp(prefix="flagtrail-package-", dir=base))
+        self.folder = Path(
+            tempfile.mkdtemp(prefix="flagtrail-package-", dir=ctx.config.package_tmp)
+        )
         try:
-            with open_log(s.log_url, s.chain_id, read_only=True) as audit_log:
-                paths, self.manifest = export_window(
-                    audit_log,
-                    win.start,
-                    win.end,
-                    self.folder / "package",
-                    s.signing_key,
-                    win.controls,
-                )
+            paths, self.manifest = export(
+                s, win.start, win.end, self.folder / "package", win.controls
+            )
             self.name = paths.jsonl.name.removesuffix(".jsonl") + ".tar.gz"
             self.archive = self.folder / self.name
             with tarfile.open(self.archive, "w:gz", compresslevel=6) as tar:
@@ -118,10 +112,17 @@ async def package(
         single_values(request.query_params.multi_items(), {"start", "end", "controls"}),
         ctx.config.max_window_days,
     )
-    pull = await run_in_threadpool(PackagePull, ctx, token, win)
+    slot = ctx.stream_slot()
+    await slot.__aenter__()
+    try:
+        pull = await run_in_threadpool(PackagePull, ctx, token, win)
+    except BaseException as exc:
+        await slot.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
     return CheckedStream(
         pull.chunks(),
         TAR_GZ,
         pull.end,
         headers={"Content-Disposition": f'attachment; filename="{pull.name}"'},
+        slot=slot,
     )
