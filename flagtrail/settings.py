@@ -186,5 +186,5 @@ def redact(url: str) -> str:
 
 def webhook_secret(platform: str) -> str | None:
     """A platform's webhook signing secret: FLAGTRAIL_<PLATFORM>_WEBHOOK_SECRET
-    (launchdarkly, flagsmith); None when unset (its receiver answers 503)."""
+    (launchdarkly, flagsmith); None when unset (its receiver answers 404)."""
     return os.environ.get(f"FLAGTRAIL_{platform.upper()}_WEBHOOK_SECRET") or None

@@ -1,7 +1,8 @@
 """Webhook receivers: /v1/sources/launchdarkly and /v1/sources/flagsmith.
 
 No API token: a platform authenticates by signing the body with the webhook's secret
-(FLAGTRAIL_LAUNCHDARKLY_WEBHOOK_SECRET, FLAGTRAIL_FLAGSMITH_WEBHOOK_SECRET). The work
+(FLAGTRAIL_LAUNCHDARKLY_WEBHOOK_SECRET, FLAGTRAIL_FLAGSMITH_WEBHOOK_SECRET; a platform
+without one answers 404). The work
 is producers.sources.webhooks.WebhookReceiver's; this route reads the body (bounded),
 hands it over, and answers what the receiver says: 200 only once the change is
 committed to the outbox.
@@ -37,7 +38,7 @@ def _receiver(request: Request, platform: str) -> WebhookReceiver:
         secret = webhook_secret(platform)
         if not secret:
             raise Problem(
-                503,
+                404,
                 "source-not-configured",
                 f"the {platform} receiver has no secret: set "
                 f"FLAGTRAIL_{platform.upper()}_WEBHOOK_SECRET",
@@ -81,8 +82,12 @@ async def _receive(request: Request, platform: str) -> Response:
 
 _RESPONSES = {
     200: {"description": "recorded in the outbox (or a duplicate, or not a flag change)"},
-    **problem_responses(400, 401, 413, 503),
+    **problem_responses(400, 401, 404, 413),
 }
+# Left out of /openapi.json: that document describes the read-only evidence API an
+# auditor calls (its tests pin it to reads); these routes are for the platforms, which
+# authenticate by signature, not by token.
+_HIDDEN = {"include_in_schema": False}
 
 
 @router.post(
@@ -90,6 +95,7 @@ _RESPONSES = {
     tags=["sources"],
     summary="LaunchDarkly audit-log webhook (X-LD-Signature)",
     responses=_RESPONSES,
+    **_HIDDEN,
 )
 async def launchdarkly(request: Request) -> Response:
     return await _receive(request, "launchdarkly")
@@ -100,6 +106,7 @@ async def launchdarkly(request: Request) -> Response:
     tags=["sources"],
     summary="Flagsmith audit-log and environment webhooks (X-Flagsmith-Signature)",
     responses=_RESPONSES,
+    **_HIDDEN,
 )
 async def flagsmith(request: Request) -> Response:
     return await _receive(request, "flagsmith")
