@@ -534,6 +534,127 @@ def concurrent_writers(engine, folder: Path, writers: int, seconds: float) -> st
     )
 
 
+def unleash_server() -> dict[str, str]:
+    """deploy/local/unleash's exports (it starts PostgreSQL and Unleash when needed)."""
+    out = subprocess.run(
+        ["bash", str(REPO / "deploy/local/unleash"), "up"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    ).stdout
+    return {
+        k.removeprefix("export "): v.strip("'")
+        for k, v in (line.split("=", 1) for line in out.splitlines() if line.startswith("export "))
+    }
+
+
+def unleash_admin(server: dict[str, str], method: str, path: str, body: object = None) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{server['UNLEASH_URL']}/api/admin{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={
+            "Authorization": server["UNLEASH_ADMIN_TOKEN"],
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+
+
+def bench_unleash(lines: list[str], samples: int, follow_events: int) -> None:
+    """The trigger's cost on an Unleash flag change (Admin API call, and the events
+    insert alone), and the follower's throughput over Unleash's event search API."""
+    from producers.policy import load_policy
+    from producers.sources.unleash_follow import UnleashFollower, http_fetch
+    from producers.sources.unleash_trigger import (
+        TRIGGER,
+        TriggerSettings,
+        install_trigger,
+        uninstall_trigger,
+    )
+
+    server = unleash_server()
+    engine = settings.make_engine(server["UNLEASH_DATABASE_URL"])
+    flag = f"bench-{uuid.uuid4().hex[:8]}"
+    unleash_admin(server, "POST", "/projects/default/features", {"name": flag, "type": "release"})
+    trigger = TriggerSettings.from_policy("bench-unleash", load_policy())
+    toggle = f"/projects/default/features/{flag}/environments/development"
+    api: dict[bool, list[float]] = {False: [], True: []}
+    insert_row = text(
+        "INSERT INTO events (type, created_by, feature_name, project, environment, data) "
+        "VALUES ('feature-updated', 'bench', :flag, 'default', 'development', "
+        "CAST(:data AS json))"
+    )
+    sql: dict[bool, list[float]] = {False: [], True: []}
+    state = {"enabled": True, "strategies": [{"name": "default", "parameters": {}}]}
+    block = 20
+    for n in range(samples // block):
+        with_trigger = n % 2 == 1
+        if with_trigger:
+            install_trigger(engine, trigger)
+        else:
+            uninstall_trigger(engine)
+        for i in range(block):
+            started = time.perf_counter()
+            unleash_admin(server, "POST", f"{toggle}/{'on' if i % 2 == 0 else 'off'}")
+            api[with_trigger].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            with engine.begin() as conn:
+                conn.execute(insert_row, {"flag": flag, "data": json.dumps(state)})
+            sql[with_trigger].append(time.perf_counter() - started)
+    # the trigger's own execution time, as PostgreSQL times it (free of the machine's noise
+    # around it): EXPLAIN ANALYZE of the insert, rolled back
+    install_trigger(engine, trigger)
+    own: list[float] = []
+    explain = text(
+        "EXPLAIN (ANALYZE, FORMAT JSON) INSERT INTO events (type, created_by, feature_name, "
+        "project, environment, data) VALUES ('feature-updated', 'bench', :flag, 'default', "
+        "'production', CAST(:data AS json))"
+    )
+    for _ in range(samples):
+        with engine.connect() as conn:
+            plan = conn.execute(explain, {"flag": flag, "data": json.dumps(state)}).scalar_one()
+            conn.rollback()
+        plan = plan if isinstance(plan, list) else json.loads(plan)
+        own += [t["Time"] for t in plan[0]["Triggers"] if t["Trigger Name"] == TRIGGER]
+    lines.append(
+        f"| the trigger's own time per Unleash event (EXPLAIN ANALYZE, {len(own)} samples), "
+        f"p50 / p99 | {percentile(own, 50):.3f} / {percentile(own, 99):.3f} ms | goal < 1 ms |"
+    )
+    uninstall_trigger(engine)
+    for label, measured in (("Unleash Admin API toggle", api), ("events INSERT transaction", sql)):
+        without, within = (percentile(measured[k], 50) * 1000 for k in (False, True))
+        lines.append(
+            f"| {label}: without / with the trigger, p50 ({len(measured[True])} each) | "
+            f"{without:.3f} / {within:.3f} ms | trigger adds {within - without:+.3f} ms "
+            "(goal < 1 ms) |"
+        )
+    # the follower: a backlog of realistic events, read from an empty cursor
+    rows = [{"flag": flag, "data": json.dumps({**state, "n": n})} for n in range(follow_events)]
+    with engine.begin() as conn:
+        conn.execute(insert_row, rows)
+    engine.dispose()
+    outbox_url = new_database(server["UNLEASH_DATABASE_URL"].rsplit("/", 1)[0])
+    follower = UnleashFollower(
+        settings.make_engine(outbox_url),
+        http_fetch(server["UNLEASH_URL"], server["UNLEASH_ADMIN_TOKEN"]),
+        policy=load_policy(),
+        chain_id="bench-unleash",
+    )
+    started = time.perf_counter()
+    written = follower.poll_once()
+    seconds = time.perf_counter() - started
+    lines.append(
+        f"| Unleash follower, backlog read from an empty cursor ({written:,} records) | "
+        f"{written / seconds:,.0f} events/s ({seconds:.1f} s) | goal ≥ 500/s; through "
+        "Unleash's search API, 1,000 a page |"
+    )
+
+
 # -- Merkle tree and checkpoints (issue 10) ---------------------------------------------------
 def tree_writer(tree_url: str, chain: str, folder: Path):  # -> relay.tree.TreeWriter
     from relay.tree import TreeWriter, generate_note_key, load_note_signer, open_store
@@ -780,8 +901,21 @@ PARTS: dict[str, tuple[str, Callable[[list[str], argparse.Namespace], None]]] = 
         lambda lines, a: bench_merkle_scale(lines, a.drain_events, a.tree_pairs),
     ),
     "api": ("the evidence API: streaming a large window, concurrent pulls, latency", _bench_api),
+    "unleash": (
+        "Unleash: the trigger's cost per change, the follower's throughput (real Unleash)",
+        lambda lines, a: bench_unleash(lines, a.unleash_samples, a.unleash_follow_events),
+    ),
 }
-DEFAULT_PARTS = ("embedded", "scale", "privacy", "oidc", "merkle", "merkle-scale", "api")
+DEFAULT_PARTS = (
+    "embedded",
+    "scale",
+    "privacy",
+    "oidc",
+    "merkle",
+    "merkle-scale",
+    "api",
+    "unleash",
+)
 
 
 def main() -> None:
@@ -804,6 +938,8 @@ def main() -> None:
     parser.add_argument("--tree-pairs", type=int, default=5, help="drains with/without the tree")
     parser.add_argument("--api-events", type=int, default=1_000_000)
     parser.add_argument("--api-per-day", type=int, default=200)
+    parser.add_argument("--unleash-samples", type=int, default=200)
+    parser.add_argument("--unleash-follow-events", type=int, default=20_000)
     args = parser.parse_args()
     args.parts = args.parts or list(DEFAULT_PARTS)
     if unknown := set(args.parts) - set(PARTS):

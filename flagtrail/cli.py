@@ -314,8 +314,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--controls: {exc}") from None
     changes: Counter[str] = Counter()
-    counts, rotations = count_controls(Path(args.file), changes)
-    print(format_summary(counts, controls, rotations, changes), end="")
+    exceptions: Counter[str] = Counter()
+    counts, rotations = count_controls(Path(args.file), changes, exceptions)
+    print(format_summary(counts, controls, rotations, changes, exceptions), end="")
     return 0
 
 

@@ -215,3 +215,9 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return url
+
+
+def webhook_secret(platform: str) -> str | None:
+    """A platform's webhook signing secret: FLAGTRAIL_<PLATFORM>_WEBHOOK_SECRET
+    (launchdarkly, flagsmith); None when unset (its receiver answers 404)."""
+    return os.environ.get(f"FLAGTRAIL_{platform.upper()}_WEBHOOK_SECRET") or None

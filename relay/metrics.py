@@ -41,6 +41,8 @@ RULES = frozenset(
     }
 )
 ERROR_KINDS = frozenset({"outbox", "log", "lease", "config"})
+SOURCES = frozenset({"unleash", "launchdarkly", "flagsmith"})
+CONTROLS = frozenset({"CC6.1", "CC6.6", "CC7.2", "CC8.1"})
 LIVENESS_WINDOW_S = 60.0
 
 
@@ -107,6 +109,14 @@ class RelayMetrics(RelayObserver):
             "flagtrail_rejections_total",
             "Blocked writes relayed, by policy rule",
             ["rule"],
+            **labels,
+        )
+        self.exceptions = Counter(
+            "flagtrail_policy_exceptions_total",
+            "Changes from a flag platform (Unleash, LaunchDarkly, Flagsmith) that the "
+            "write-time policy would have refused, by source and control (detected, not "
+            "prevented)",
+            ["source", "control"],
             **labels,
         )
         self.errors = Counter(
@@ -185,6 +195,15 @@ class RelayMetrics(RelayObserver):
             ).inc()
             recorded = parse_timestamp(record["recorded_at"]).timestamp()
             self.commit_to_log.observe(max(0.0, result.appended_at - recorded))
+            findings = record.get("policy_findings")
+            if findings and isinstance(findings, list):
+                source = record.get("source")
+                platform = source.get("platform") if isinstance(source, dict) else None
+                for finding in findings:
+                    control = finding.get("control") if isinstance(finding, dict) else None
+                    self.exceptions.labels(
+                        _bounded(platform, SOURCES), _bounded(control, CONTROLS)
+                    ).inc()
             if action == "rejected":
                 rule = (record.get("meta") or {}).get("rule")
                 self.rejections.labels(_bounded(rule, RULES)).inc()

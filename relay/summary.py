@@ -16,11 +16,14 @@ def format_summary(
     controls: Iterable[str] | None = None,
     rotations: Sequence[int] = (),
     changes: Counter[str] | None = None,
+    exceptions: Counter[str] | None = None,
 ) -> str:
     """``SOC2 control coverage summary:`` then `` CC6.1: N events`` per control, sorted
     (the seed's format), then one line per sentinel rotation when there are any, then
     how many flag changes the OpenID Connect provider authenticated when any were
-    (``changes`` from count_changes)."""
+    (``changes`` from count_changes), then the exceptions apart: changes recorded from
+    a flag platform that the write-time policy would have refused (counted by the
+    control they break, never as evidence of that control)."""
     wanted = set(controls) if controls is not None else set(counts)
     lines = ["SOC2 control coverage summary:"]
     lines += [f" {ctrl}: {counts.get(ctrl, 0)} events" for ctrl in sorted(wanted)]
@@ -32,6 +35,9 @@ def format_summary(
         lines.append(
             f"Flag changes authenticated by OpenID Connect: {changes[OIDC]} of {changes[CHANGES]}"
         )
+    if exceptions:
+        lines.append("Policy exceptions (detected in changes from flag platforms, not prevented):")
+        lines += [f" {ctrl}: {n} exceptions" for ctrl, n in sorted(exceptions.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -57,10 +63,11 @@ def count_changes(record: dict, into: Counter[str]) -> None:
 
 
 def count_controls(
-    path: Path, changes: Counter[str] | None = None
+    path: Path, changes: Counter[str] | None = None, exceptions: Counter[str] | None = None
 ) -> tuple[Counter[str], list[int]]:
     """Control counts and the record numbers of sentinel rotations; ``changes``, when
-    given, also counts flag changes and those the provider authenticated."""
+    given, also counts flag changes and those the provider authenticated; the controls
+    of ``policy_findings`` are counted into ``exceptions`` when given."""
     counts: Counter[str] = Counter()
     rotations: list[int] = []
     try:
@@ -73,6 +80,8 @@ def count_controls(
                 counts.update(record.get("soc2_controls") or ())
                 if changes is not None:
                     count_changes(record, changes)
+                if exceptions is not None:
+                    exceptions.update(finding_controls(record))
                 if record.get("action") == "sentinel_rotation":
                     rotations.append(number)
     except FileNotFoundError:
@@ -80,3 +89,11 @@ def count_controls(
     except OSError as exc:
         raise ConfigError(f"cannot read export {path}: {exc}") from exc
     return counts, rotations
+
+
+def finding_controls(record: dict) -> list[str]:
+    """The controls a record's ``policy_findings`` name (records from flag platforms)."""
+    findings = record.get("policy_findings")
+    if not isinstance(findings, list):
+        return []
+    return [str(f.get("control")) for f in findings if isinstance(f, dict)]

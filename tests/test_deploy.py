@@ -69,6 +69,7 @@ def test_alerts_cover_what_operators_and_auditors_need() -> None:
         "FlagtrailRelayBackendOutage",
         "FlagtrailWitnessRefusedCheckpoint",
         "FlagtrailWitnessUnreachable",
+        "FlagtrailPolicyExceptions",
     }
     for group in rules["groups"]:
         for rule in group["rules"]:

@@ -24,6 +24,7 @@ MODULES: tuple[str, ...] = (
     "serve",
     "token",
     "pull",
+    "sources",
 )
 
 

@@ -8,4 +8,4 @@ FastAPI ``router = APIRouter()``, guard each route with ``Depends(require(scope)
 
 from __future__ import annotations
 
-ROUTE_MODULES: tuple[str, ...] = ("health", "export", "package", "head", "metrics")
+ROUTE_MODULES: tuple[str, ...] = ("health", "export", "package", "head", "metrics", "sources")
