@@ -11,6 +11,7 @@ import json
 from sqlalchemy import Column, Connection, MetaData, String, Table, Text, select, update
 
 from producers import FlagChange, Outbox
+from producers.schema import FLAG_STORE_LOCK, create_tables
 
 _metadata = MetaData()
 flags = Table(
@@ -23,7 +24,7 @@ flags = Table(
 
 
 def ensure_flag_store(outbox: Outbox) -> None:
-    _metadata.create_all(outbox.engine)
+    create_tables(outbox.engine, _metadata, FLAG_STORE_LOCK)
 
 
 def current_state(conn: Connection, flag_key: str, environment: str) -> object:

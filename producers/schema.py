@@ -8,6 +8,9 @@ transaction, so a row that commits late is never skipped.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -20,6 +23,7 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.exc import OperationalError
 
 metadata = MetaData()
 
@@ -77,14 +81,43 @@ FOR EACH STATEMENT EXECUTE FUNCTION flagtrail_outbox_notify()""",
 ]
 
 
-def ensure_schema(engine: Engine) -> None:
-    """Create the outbox (idempotent; safe to call from every process at start)."""
+def create_tables(
+    engine: Engine, tables: MetaData, lock_id: int, postgres_ddl: Sequence[str] = ()
+) -> None:
+    """``tables.create_all`` that processes starting together cannot race (two relays
+    of one chain, a relay and `flagtrail serve`): PostgreSQL serializes them on an
+    advisory lock (CREATE TABLE IF NOT EXISTS races there); on SQLite a table made by
+    another process between create_all's check and its CREATE is simply there."""
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
-            # serialize concurrent first starts: CREATE TABLE IF NOT EXISTS races in PG
-            conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
-            metadata.create_all(conn)
-            for statement in _POSTGRES_DDL:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+            tables.create_all(conn)
+            for statement in postgres_ddl:
                 conn.execute(text(statement))
-    else:
-        metadata.create_all(engine)
+        return
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            tables.create_all(engine)
+            return
+        except OperationalError as exc:
+            if "already exists" not in str(exc) or attempt == CREATE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+
+
+CREATE_ATTEMPTS = 5
+# advisory lock ids of create_tables, one per set of tables
+OUTBOX_LOCK, TOKENS_LOCK, VAULT_LOCK, TREE_LOCK, COSIGNATURES_LOCK, STAMPS_LOCK = (
+    4242001,
+    4242002,
+    4242009,
+    4242010,
+    4242011,
+    4242012,
+)
+SOURCES_LOCK, FLAG_STORE_LOCK = 4242013, 4242014
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the outbox (idempotent; safe to call from every process at start)."""
+    create_tables(engine, metadata, OUTBOX_LOCK, _POSTGRES_DDL)

@@ -35,12 +35,12 @@ from sqlalchemy import (
     String,
     Table,
     select,
-    text,
     update,
 )
 
 from producers.errors import ConfigError, EvidenceError
 from producers.pseudonyms import SecretKey
+from producers.schema import VAULT_LOCK, create_tables
 
 metadata = MetaData()
 
@@ -83,12 +83,7 @@ _NONCE = 12
 
 
 def ensure_vault_schema(engine: Engine) -> None:
-    if engine.dialect.name == "postgresql":
-        with engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(4242009)"))
-            metadata.create_all(conn)
-    else:
-        metadata.create_all(engine)
+    create_tables(engine, metadata, VAULT_LOCK)
 
 
 def now_us() -> int:

@@ -21,6 +21,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from producers.errors import BackendUnavailable, ConfigError, EvidenceError
+from producers.schema import STAMPS_LOCK, create_tables
 from relay.latest import LatestWorker
 from relay.proofs.checkpoint import parse_checkpoint, signed_time
 from relay.proofs.note import split_note
@@ -59,7 +60,7 @@ class CheckpointStamps:
             if read_only:
                 self.exists = "checkpoint_timestamps" in sa_inspect(engine).get_table_names()
             else:
-                _metadata.create_all(engine)
+                create_tables(engine, _metadata, STAMPS_LOCK)
                 self.exists = True
         except SQLAlchemyError as exc:
             raise BackendUnavailable(f"the checkpoint timestamps cannot be opened: {exc}") from exc

@@ -57,6 +57,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from producers.errors import BackendUnavailable, ConfigError, EvidenceError
 from producers.events import format_timestamp, utc_now
+from producers.schema import TREE_LOCK, create_tables
 from relay.logs.base import AuditLog, LogEntry
 from relay.proofs.checkpoint import TIME_EXTENSION, Checkpoint, origin_for, parse_checkpoint
 from relay.proofs.merkle import (
@@ -139,7 +140,7 @@ class TreeStore:
             else:
                 if engine.dialect.name == "sqlite":
                     event.listen(engine, "connect", _without_fsync_per_commit)
-                _metadata.create_all(engine)
+                create_tables(engine, _metadata, TREE_LOCK)
                 if engine.dialect.name == "sqlite":
                     with engine.begin() as conn:
                         for statement in _SQLITE_APPEND_ONLY:

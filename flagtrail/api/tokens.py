@@ -14,9 +14,10 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text, select, text
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text, select
 
 from producers.errors import ConfigError
+from producers.schema import TOKENS_LOCK, create_tables
 
 TOKEN_PREFIX = "ftk_"
 MAX_PRESENTED_LENGTH = 256  # a longer Authorization value is never a token of ours
@@ -74,13 +75,7 @@ def token_hash(token: str) -> str:
 
 def ensure_token_schema(engine: Engine) -> None:
     """Create the token table (idempotent, both databases)."""
-    if engine.dialect.name == "postgresql":
-        with engine.begin() as conn:
-            # concurrent first starts race on CREATE TABLE IF NOT EXISTS in PostgreSQL
-            conn.execute(text("SELECT pg_advisory_xact_lock(4242002)"))
-            metadata.create_all(conn)
-    else:
-        metadata.create_all(engine)
+    create_tables(engine, metadata, TOKENS_LOCK)
 
 
 def parse_expiry(text_value: str) -> timedelta | None:

@@ -32,7 +32,7 @@ from sqlalchemy import BigInteger, Column, Connection, Engine, MetaData, String,
 
 from producers.errors import BackendUnavailable, ConfigError
 from producers.policy import Policy
-from producers.schema import ensure_schema
+from producers.schema import SOURCES_LOCK, create_tables, ensure_schema
 from producers.sources.common import (
     insert_records,
     is_production,
@@ -133,7 +133,7 @@ class UnleashFollower:
         self.lookback = lookback
         self.chunk = chunk
         ensure_schema(engine)
-        _metadata.create_all(engine)
+        create_tables(engine, _metadata, SOURCES_LOCK)
 
     def cursor(self) -> Cursor | None:
         with translated(self.engine, "reading the Unleash cursor"), self.engine.connect() as conn:

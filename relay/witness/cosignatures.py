@@ -16,6 +16,7 @@ from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from producers.errors import BackendUnavailable
+from producers.schema import COSIGNATURES_LOCK, create_tables
 from relay.proofs.checkpoint import parse_checkpoint, signed_time
 from relay.proofs.note import split_note
 from relay.tree import TreeStore, checkpoints_table
@@ -52,7 +53,7 @@ class CosignatureStore:
             if read_only:
                 self.exists = "checkpoint_cosignatures" in inspect(engine).get_table_names()
             else:
-                _metadata.create_all(engine)
+                create_tables(engine, _metadata, COSIGNATURES_LOCK)
                 if engine.dialect.name == "sqlite":
                     with engine.begin() as conn:
                         for statement in _SQLITE_APPEND_ONLY:
