@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flagtrail import settings
+from flagtrail import service, settings
 from flagtrail.controlplane import apply_change, ensure_flag_store
+from flagtrail.settings import Settings
 from producers import FlagChange, Outbox, PolicyError
 from producers.identity import SAMPLE_DIRECTORY
-from relay.export import export_window
-from relay.logs import open_log
-from relay.outbox import open_outbox_source
-from relay.relay import Relay
 from relay.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, generate_keypair
+from relay.tree import NOTE_PRIVATE_KEY_FILE, NOTE_PUBLIC_KEY_FILE, generate_note_key
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 
@@ -102,8 +101,8 @@ KEYS_DIR = Path("keys")  # the signer's side: never shipped with the evidence
 EVIDENCE_DIR = Path("evidence")  # what an auditor receives
 
 
-def _verify(command: list[str]) -> tuple[int, str]:
-    """Run `flagtrail verify` as a user would, in a process of its own."""
+def _flagtrail(command: list[str]) -> tuple[int, str]:
+    """Run a `flagtrail` command as a user would, in a process of its own."""
     result = subprocess.run(
         [sys.executable, "-m", "flagtrail.cli", *command], capture_output=True, text=True
     )
@@ -123,9 +122,15 @@ def run_demo(folder: Path) -> int:
     if not private_key.exists():
         KEYS_DIR.mkdir(mode=0o700, exist_ok=True)
         generate_keypair(KEYS_DIR, "rsa")
+    note_key, note_public = KEYS_DIR / NOTE_PRIVATE_KEY_FILE, KEYS_DIR / NOTE_PUBLIC_KEY_FILE
+    if not note_key.exists():  # the relay signs Merkle checkpoints with it
+        generate_note_key(KEYS_DIR, "demo.flagtrail.example")
+    resolved = replace(
+        Settings.resolve(signing_key=str(private_key)), note_key=note_key, note_key_named=True
+    )
 
-    engine = settings.make_engine(settings.outbox_url())
-    outbox = Outbox(engine, str(identities), chain_id=settings.chain_id())
+    engine = settings.make_engine(resolved.outbox_url)
+    outbox = Outbox(engine, str(identities), chain_id=resolved.chain_id)
     ensure_flag_store(outbox)
     print("1. Recording sample flag changes through the producer path:")
     for change in SAMPLE_CHANGES:
@@ -142,22 +147,32 @@ def run_demo(folder: Path) -> int:
                 f"by {change.actor}: 403 {exc.message}"
             )
 
-    audit_log = open_log(settings.log_url())
-    relay = Relay(open_outbox_source(engine, settings.chain_id()), audit_log)
-    relay.resume()
-    relayed = relay.drain()
-    print(f"2. Relay appended {relayed} events; chain head is sequence {relay.head.sequence}.")
+    relay = service.make_relay(resolved, 500, 5.0, 1 << 20)
+    try:
+        relayed = service.relay_once(relay)  # a signed Merkle checkpoint at its end
+    finally:
+        relay.log.close()
+    print(
+        f"2. Relay appended {relayed} events (people stored as pseudonyms: "
+        f"{outbox.privacy.pseudonymous(engine.connect())}); chain head is sequence "
+        f"{relay.head.sequence}, with a signed Merkle checkpoint."
+    )
 
     today = datetime.now(UTC).date()
-    paths, manifest = export_window(audit_log, today, today, EVIDENCE_DIR, private_key)
-    audit_log.close()
+    paths, manifest = service.export(resolved, today, today, EVIDENCE_DIR)
     count = manifest["record_count"]
-    print(f"3. Exported {count} records for {today} (signed) to {EVIDENCE_DIR}/.")
+    print(
+        f"3. Exported {count} records for {today} (signed, with Merkle proofs) to {EVIDENCE_DIR}/."
+    )
     jsonl = EVIDENCE_DIR / paths.jsonl.name
-    verify = ["verify", str(jsonl), "--pubkey", str(public_key)]
-    code, output = _verify(verify)
-    print(f"4. flagtrail {' '.join(verify)}   (the registered key, not the package's copy)")
+    verify = ["verify", str(jsonl), "--pubkey", str(public_key), "--note-key", str(note_public)]
+    code, output = _flagtrail(verify)
+    print(f"4. flagtrail {' '.join(verify)}   (registered keys, not the package's copies)")
     print("   " + output.replace("\n", "\n   "))
+    report = ["report", str(jsonl), "--pubkey", str(public_key), "--out", "report.html"]
+    report_code, _ = _flagtrail(report)
+    if report_code == 0:
+        print(f"5. The auditor's report: {Path.cwd() / 'report.html'} (one self-contained page)")
 
     checks = [
         f"openssl dgst -sha256 -verify {public_key} -signature {jsonl}.sig {jsonl}",
@@ -168,7 +183,11 @@ def run_demo(folder: Path) -> int:
             f"openssl dgst -sha256 -verify {public_key} -signature {manifest_file}.sig "
             f"{manifest_file}"
         )
-    checks += [f"{command} {' '.join(verify)}", f"{command} summary {jsonl}"]
+    checks += [
+        f"{command} {' '.join(verify)}",
+        f"{command} summary {jsonl}",
+        f"{command} changes {jsonl} --env production",
+    ]
     here = Path.cwd()
     listing = "\n".join(f"  {line}" for line in checks)
     print(f"""
@@ -176,7 +195,9 @@ Everything is in {here}:
   {EVIDENCE_DIR}/   what the auditor gets: {paths.jsonl.name}, its .sig, manifest, summary
   {KEYS_DIR}/       {PRIVATE_KEY_FILE} (secret, 0600: never part of the evidence)
              {PUBLIC_KEY_FILE} (the key to register with your security controls)
-  outbox.db (transactional outbox), log.db (append-only log)
+             {NOTE_PRIVATE_KEY_FILE} / {NOTE_PUBLIC_KEY_FILE} (signs / checks Merkle checkpoints)
+  pseudonym.key, vault.key (names outside the log: `flagtrail identity resolve ID`)
+  outbox.db (transactional outbox), log.db (append-only log and its Merkle tree)
 
 Check it yourself, with the registered public key:
   cd {here}
