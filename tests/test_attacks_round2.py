@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from relay.proofs.checkpoint import parse_checkpoint
+from relay.manifest import write_signed
+from relay.proofs.checkpoint import TIME_EXTENSION, parse_checkpoint
 from relay.proofs.note import sign_note, split_note
 from relay.proofs.package import parse_proof_file
-from relay.tree import load_note_signer
+from relay.signing import load_private_key
+from relay.stamping import token_path
+from relay.timestamp import new_nonce, request_token
+from relay.tree import generate_note_key, load_note_signer
 from relay.verify import verify_export
 from relay.witness.cosignature import generate_witness_key, parse_witness_skey, parse_witness_vkey
+from tests.conftest import run_cli
 from tests.test_merkle import DAY1, Chain, fail_reason, resign
+from tests.test_timestamps import Tsa, _export, _verify, chain, tsas  # noqa: F401 (fixtures)
 
 
 def test_a_witnessed_checkpoint_of_another_chain_does_not_vouch_for_this_one(
@@ -48,3 +56,62 @@ def test_a_witnessed_checkpoint_of_another_chain_does_not_vouch_for_this_one(
     )
     assert not report.ok
     assert "log.example/search" in fail_reason(report)
+
+
+def test_a_checkpoint_time_later_than_its_tsa_token_is_a_lie(
+    chain: Path, rsa_keys: Path, tsas: tuple[Tsa, Tsa]
+) -> None:
+    """An insider with the note key signs the window's checkpoint again with a time years
+    ahead and has the trusted TSA stamp it now: the heartbeat then says "nothing was
+    appended until 2031". The TSA's genTime says the checkpoint existed before the time
+    it claims, so verify must refuse it, not repeat the checkpoint's clock."""
+    generate_note_key(chain, "log.example")
+    env = {
+        "FLAGTRAIL_NOTE_KEY_PATH": str(chain / "note-private.key"),
+        "FLAGTRAIL_TSA_URL": tsas[0].url,
+        "FLAGTRAIL_TSA_CHECKPOINTS": "1",
+    }
+    assert run_cli("relay", "--once", cwd=chain, env=env).returncode == 0
+    done, paths = _export(chain, rsa_keys, "--tsa-url", tsas[0].url)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(paths.manifest.read_bytes())
+    honest = parse_checkpoint(split_note(manifest["merkle"]["checkpoint"].encode())[0])
+    future = "2031-01-01T00:00:00.000000Z"
+    forged = dataclasses.replace(
+        honest,
+        extensions=tuple(
+            TIME_EXTENSION + future if e.startswith(TIME_EXTENSION) else e
+            for e in honest.extensions
+        ),
+    )
+    assert forged != honest
+    note = sign_note(forged.text(), [load_note_signer(chain / "note-private.key")])
+    nonce = new_nonce()
+    token = request_token(tsas[0].url, hashlib.sha256(forged.text()).digest(), nonce)
+    proof = json.loads(paths.proof.read_bytes())
+    proof["checkpoint"] = note.decode()
+    proof_bytes = json.dumps(proof).encode()
+    paths.proof.write_bytes(proof_bytes)
+    manifest["merkle"]["checkpoint"] = note.decode()
+    manifest["merkle"]["sha256"] = hashlib.sha256(proof_bytes).hexdigest()
+    manifest["checkpoint_timestamp"] = {
+        "nonce": str(nonce),
+        "token": base64.b64encode(token).decode(),
+    }
+    write_signed(
+        paths.manifest,
+        paths.manifest_signature,
+        manifest,
+        load_private_key(rsa_keys / "audit-private.pem"),
+    )
+    token_path(paths).write_bytes(
+        request_token(
+            tsas[0].url,
+            hashlib.sha256(paths.manifest.read_bytes()).digest(),
+            int(manifest["timestamp"]["nonce"]),
+        )
+    )
+    vkey = (chain / "note-public.vkey").read_text().strip()
+    bad = _verify(paths, rsa_keys, "--tsa-cert", str(tsas[0].ca), "--note-key", vkey)
+    assert bad.returncode == 1, bad.stdout
+    assert "later than" in bad.stdout and "Traceback" not in bad.stderr
