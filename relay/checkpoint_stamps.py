@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("flagtrail.relay")
 CHECKPOINTS_ENV = "FLAGTRAIL_TSA_CHECKPOINTS"
+CLOCK_SLACK_S = 300.0  # the relay's and the TSA's clocks may differ this much
 
 _metadata = MetaData()
 stamps_table = Table(
@@ -157,6 +159,19 @@ def check_checkpoint_stamp(
     except (EvidenceError, ValueError) as exc:
         return "INVALID", f"the checkpoint's timestamp: {exc}"
     when = facts.gen_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+    claimed = signed_time(parse_checkpoint(text))
+    try:
+        ahead = (
+            datetime.fromisoformat(claimed.replace("Z", "+00:00")) - facts.gen_time
+        ).total_seconds()
+    except (AttributeError, ValueError):  # no time line, or not a time: nothing claimed
+        ahead = 0.0
+    if ahead > CLOCK_SLACK_S:
+        # the relay signs, then asks the TSA: a signed time past genTime never happened
+        return "INVALID", (
+            f"the checkpoint says it was signed at {claimed}, later than {when}, when the "
+            "TSA saw it: its time (and a heartbeat resting on it) is a lie"
+        )
     if facts.trusted_by is None:
         return f"the checkpoint existed at {when} per {facts.tsa} (TSA NOT checked)", None
     return f"the checkpoint existed at {when} per {facts.tsa} (trusted)", None

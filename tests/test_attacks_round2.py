@@ -20,9 +20,13 @@ from relay.timestamp import new_nonce, request_token
 from relay.tree import generate_note_key, load_note_signer
 from relay.verify import verify_export
 from relay.witness.cosignature import generate_witness_key, parse_witness_skey, parse_witness_vkey
+from tests import test_timestamps
 from tests.conftest import run_cli
 from tests.test_merkle import DAY1, Chain, fail_reason, resign
-from tests.test_timestamps import Tsa, _export, _verify, chain, tsas  # noqa: F401 (fixtures)
+from tests.test_timestamps import Tsa, _export, _verify
+
+chain = test_timestamps.chain  # the fixtures: a chain of 20 records, two TSAs on loopback
+tsas = test_timestamps.tsas
 
 
 def test_a_witnessed_checkpoint_of_another_chain_does_not_vouch_for_this_one(
