@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import io
 import json
+import tarfile
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -18,6 +20,7 @@ from relay.signing import load_private_key
 from relay.stamping import token_path
 from relay.timestamp import new_nonce, request_token
 from relay.tree import generate_note_key, load_note_signer
+from relay.unpack import unpack_package
 from relay.verify import verify_export
 from relay.witness.cosignature import generate_witness_key, parse_witness_skey, parse_witness_vkey
 from tests import test_timestamps
@@ -119,3 +122,36 @@ def test_a_checkpoint_time_later_than_its_tsa_token_is_a_lie(
     bad = _verify(paths, rsa_keys, "--tsa-cert", str(tsas[0].ca), "--note-key", vkey)
     assert bad.returncode == 1, bad.stdout
     assert "later than" in bad.stdout and "Traceback" not in bad.stderr
+
+
+def test_pull_unpacks_the_proofs_and_timestamp_a_server_with_a_tree_or_tsa_ships(
+    tmp_path: Path,
+) -> None:
+    """/v1/package is export_window's output: with a Merkle tree it holds <stem>.proof.json,
+    with a TSA <stem>.manifest.json.tsr. Refusing them made pull fail on every such
+    server, and dropping them would leave the proofs beyond the host unchecked."""
+    stem = "flag-audit-soc2_2026-03-02_2026-03-02"
+    names = [
+        f"{stem}{s}"
+        for s in (
+            ".jsonl",
+            ".jsonl.sig",
+            ".manifest.json",
+            ".manifest.json.sig",
+            ".summary.txt",
+            ".proof.json",
+            ".manifest.json.tsr",
+        )
+    ]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+    (tmp_path / "p.tar.gz").write_bytes(buffer.getvalue())
+    out = tmp_path / "out"
+    out.mkdir()
+    unpacked = unpack_package(tmp_path / "p.tar.gz", out, DAY1, DAY1, max_bytes=1 << 20)
+    assert sorted(p.name for p in unpacked.files) == sorted(names)
+    assert unpacked.paths.proof.exists() and token_path(unpacked.paths).exists()
