@@ -24,10 +24,18 @@ from producers.errors import ConfigError, EvidenceError
 from relay.manifest import PackagePaths
 from relay.signing import PUBLIC_KEY_FILE
 
-MAX_MEMBERS = 16  # a package has at most seven files; more is not a package
+MAX_MEMBERS = 16  # a package has at most nine files; more is not a package
 _CHUNK = 1 << 20
 # the suffixes a package's files carry after its stem (relay.manifest.PackagePaths)
-_SUFFIXES = (".jsonl", ".jsonl.sig", ".manifest.json", ".manifest.json.sig", ".summary.txt")
+_SUFFIXES = (
+    ".jsonl",
+    ".jsonl.sig",
+    ".manifest.json",
+    ".manifest.json.sig",
+    ".manifest.json.tsr",  # the RFC 3161 token, with a TSA (relay/stamping.py)
+    ".summary.txt",
+    ".proof.json",  # the Merkle proofs, with a tree (relay/package_proofs.py)
+)
 _LINK = ".link.jsonl"
 _CHAIN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 
