@@ -10,8 +10,10 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 
+from producers.errors import ConfigError
 from relay.manifest import write_signed
 from relay.proofs.checkpoint import TIME_EXTENSION, parse_checkpoint
 from relay.proofs.note import sign_note, split_note
@@ -23,6 +25,7 @@ from relay.tree import generate_note_key, load_note_signer
 from relay.unpack import unpack_package
 from relay.verify import verify_export
 from relay.witness.cosignature import generate_witness_key, parse_witness_skey, parse_witness_vkey
+from relay.witness.package import load_witness_keys
 from tests import test_timestamps
 from tests.conftest import run_cli
 from tests.test_merkle import DAY1, Chain, fail_reason, resign
@@ -155,3 +158,22 @@ def test_pull_unpacks_the_proofs_and_timestamp_a_server_with_a_tree_or_tsa_ships
     unpacked = unpack_package(tmp_path / "p.tar.gz", out, DAY1, DAY1, max_bytes=1 << 20)
     assert sorted(p.name for p in unpacked.files) == sorted(names)
     assert unpacked.paths.proof.exists() and token_path(unpacked.paths).exists()
+
+
+def test_one_witness_key_under_two_names_counts_once(tmp_path: Path) -> None:
+    """A cosignature signs the checkpoint, not the witness's name: one key listed under
+    two names (a witness operator registering twice) would let one witness's line,
+    copied under the second name, meet --min-witnesses 2."""
+    skey, vkey = generate_witness_key("alpha.example")
+    seed = skey.rsplit("+", 1)[1]
+    again = parse_witness_skey(
+        f"PRIVATE+KEY+beta.example+{_key_id_for('beta.example', vkey):08x}+{seed}"
+    )
+    with pytest.raises(ConfigError, match="same witness key"):
+        load_witness_keys([vkey, again.verifier().vkey()])
+
+
+def _key_id_for(name: str, vkey: str) -> int:
+    from relay.proofs.note import key_id
+
+    return key_id(name, base64.b64decode(vkey.rsplit("+", 1)[1]))
