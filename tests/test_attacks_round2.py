@@ -22,7 +22,7 @@ from relay.signing import load_private_key
 from relay.stamping import token_path
 from relay.timestamp import new_nonce, request_token
 from relay.tree import generate_note_key, load_note_signer
-from relay.unpack import unpack_package
+from relay.unpack import ArchiveError, unpack_package
 from relay.verify import verify_export
 from relay.witness.cosignature import generate_witness_key, parse_witness_skey, parse_witness_vkey
 from relay.witness.package import load_witness_keys
@@ -177,3 +177,28 @@ def _key_id_for(name: str, vkey: str) -> int:
     from relay.proofs.note import key_id
 
     return key_id(name, base64.b64decode(vkey.split("+", 2)[2]))
+
+
+def test_a_gzip_bomb_header_is_refused_before_it_is_read_into_memory(tmp_path: Path) -> None:
+    """A hostile server's archive of ~0.3 MB whose first header is a GNU long name of
+    64 MiB: tarfile reads a long name whole into memory before pull sees the member, so
+    a few MB of download could take gigabytes. Refused at the first oversized read."""
+    import gzip
+    import resource
+
+    size = 64 << 20
+    header = tarfile.TarInfo("././@LongLink")
+    header.type, header.size = tarfile.GNUTYPE_LONGNAME, size
+    bomb = tmp_path / "bomb.tar.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as gz:
+        gz.write(header.tobuf(format=tarfile.GNU_FORMAT))
+        for _ in range(size >> 20):
+            gz.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    out = tmp_path / "out"
+    out.mkdir()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ArchiveError, match="larger than"):
+        unpack_package(bomb, out, DAY1, DAY1, max_bytes=1 << 30)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 32 << 10
