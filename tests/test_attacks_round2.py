@@ -202,3 +202,79 @@ def test_a_gzip_bomb_header_is_refused_before_it_is_read_into_memory(tmp_path: P
         unpack_package(bomb, out, DAY1, DAY1, max_bytes=1 << 30)
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 32 << 10
+
+
+def test_a_hostile_witness_cannot_stop_the_checkpoint_reaching_the_others(
+    sqlite_engine: Engine, workdir: Path, rsa_keys: Path, tmp_path: Path
+) -> None:
+    """A witness listed first answers 409 text/x.tlog.size with digits int() cannot
+    read ("²", or 5,000 of them): the client raised ValueError out of send(), so the
+    honest witnesses after it never saw the checkpoint and no alarm counted it."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from relay.proofs.note import parse_vkey
+    from relay.tree import open_store
+    from relay.witness.client import WitnessClient, log_reader, parse_witnesses
+    from relay.witness.cosignatures import CosignatureStore
+    from relay.witness.server import make_server, serve_in_background
+    from relay.witness.service import Witness
+    from relay.witness.state import WitnessState
+    from tests.test_witness_client import Counts
+
+    chain = Chain(sqlite_engine, workdir, rsa_keys)
+    chain.record(6)
+    for answer in ("²\n", "9" * 5000 + "\n"):
+
+        class Hostile(BaseHTTPRequestHandler):
+            reply = answer.encode()  # bound now, in the class body
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                body = self.reply
+                self.send_response(409)
+                self.send_header("Content-Type", "text/x.tlog.size")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        hostile = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+        serve_in_background(hostile)
+        _, bad_vkey = generate_witness_key("hostile.example")
+        good_skey, good_vkey = generate_witness_key("honest.example")
+        state = WitnessState(tmp_path / f"w{len(answer)}.db")
+        honest = make_server(
+            Witness(
+                parse_witness_skey(good_skey),
+                {"log.example/flag-audit": [parse_vkey(chain.vkey)]},
+                state,
+            ),
+            "127.0.0.1",
+            0,
+        )
+        serve_in_background(honest)
+        try:
+            store = open_store(chain.log_url, chain.chain)
+            endpoints = parse_witnesses(
+                f"{bad_vkey} http://127.0.0.1:{hostile.server_address[1]}\n"
+                f"{good_vkey} http://127.0.0.1:{honest.server_address[1]}"
+            )
+            counts = Counts()
+            client = WitnessClient(
+                endpoints,
+                log_reader(store, chain.log_url, chain.chain),
+                CosignatureStore(store.engine, chain.chain),
+                counts,
+            )
+            note = store.latest_checkpoint()
+            assert note is not None
+            outcomes = client.send(note)
+            assert [o.status for o in outcomes] == ["refused", "cosigned"]
+            assert ("refused", "hostile.example") in counts.seen
+        finally:
+            for server in (hostile, honest):
+                server.shutdown()
+                server.server_close()
+            state.close()
