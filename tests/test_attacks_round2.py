@@ -278,3 +278,14 @@ def test_a_hostile_witness_cannot_stop_the_checkpoint_reaching_the_others(
                 server.shutdown()
                 server.server_close()
             state.close()
+
+
+def test_a_deeply_nested_file_to_resolve_is_one_sentence(tmp_path: Path) -> None:
+    """`identity resolve FILE` reads a file someone handed over: 100,000 nested arrays
+    on one line raised RecursionError (a traceback) instead of a ConfigError."""
+    from producers.identity_ops import pseudonyms_in_file
+
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match="line 1"):
+        pseudonyms_in_file(deep)
