@@ -289,3 +289,36 @@ def test_a_deeply_nested_file_to_resolve_is_one_sentence(tmp_path: Path) -> None
     deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(ConfigError, match="line 1"):
         pseudonyms_in_file(deep)
+
+
+def test_anyone_replaying_a_public_checkpoint_cannot_fill_the_witness_refusals(
+    tmp_path: Path,
+) -> None:
+    """Every export carries a log-signed checkpoint; anyone may POST it with a garbage
+    proof. Each 422 kept its whole request (up to 64 KiB) as "evidence of a rewritten
+    log": an unbounded table of noise. One row per refused checkpoint is kept, and a
+    real rewrite of the same size still is."""
+    from relay.proofs.note import generate_signer_key, parse_vkey
+    from relay.witness.service import Witness
+    from relay.witness.state import WitnessState
+    from tests.test_witness import ORIGIN, Tree, records
+
+    log_skey, log_vkey = generate_signer_key("relay.test")
+    state = WitnessState(tmp_path / "witness.db")
+    witness = Witness(
+        parse_witness_skey(generate_witness_key("w.test")[0]),
+        {ORIGIN: [parse_vkey(log_vkey)]},
+        state,
+    )
+    honest = Tree(records(8), log_skey)
+    assert witness.add_checkpoint(honest.request(0)).status == 200
+    for data in records(10)[8:]:
+        honest.append(data)
+    for n in range(50):  # the public size-10 checkpoint, a different garbage proof each time
+        garbage = [hashlib.sha256(f"{n}:{i}".encode()).digest() for i in range(3)]
+        assert witness.add_checkpoint(honest.request(8, proof=garbage)).status == 422
+    rewritten = Tree([*records(2), b"rewritten", *records(10)[3:]], log_skey)
+    assert witness.add_checkpoint(rewritten.request(8)).status == 422
+    assert [s for s, _ in state.refusals(ORIGIN)] == [422, 422]
+    assert witness.add_checkpoint(honest.request(8)).status == 200
+    state.close()
