@@ -322,3 +322,35 @@ def test_anyone_replaying_a_public_checkpoint_cannot_fill_the_witness_refusals(
     assert [s for s, _ in state.refusals(ORIGIN)] == [422, 422]
     assert witness.add_checkpoint(honest.request(8)).status == 200
     state.close()
+
+
+def test_an_idle_connection_cannot_hold_a_witness_thread_forever(tmp_path: Path) -> None:
+    """The witness serves the internet a thread per connection: one that opens and says
+    nothing held its thread for ever (no socket timeout), so a few thousand idle sockets
+    stopped it cosigning. An idle connection is closed after the server's timeout."""
+    import socket
+    import time
+
+    from relay.proofs.note import generate_signer_key, parse_vkey
+    from relay.witness.server import make_server, serve_in_background
+    from relay.witness.service import Witness
+    from relay.witness.state import WitnessState
+
+    state = WitnessState(tmp_path / "witness.db")
+    witness = Witness(
+        parse_witness_skey(generate_witness_key("w.test")[0]),
+        {"relay.test/flag-audit": [parse_vkey(generate_signer_key("relay.test")[1])]},
+        state,
+    )
+    server = make_server(witness, "127.0.0.1", 0, idle_timeout=0.5)
+    serve_in_background(server)
+    try:
+        idle = socket.create_connection(server.server_address, timeout=5)
+        started = time.monotonic()
+        assert idle.recv(1) == b""  # closed by the server, not our 5 s timeout
+        assert time.monotonic() - started < 4
+        idle.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        state.close()
