@@ -15,12 +15,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from relay.witness.service import MAX_BODY, Answer, Witness
 
+IDLE_TIMEOUT_S = 30.0  # a connection silent this long is closed: it holds a thread
 
-def make_server(witness: Witness, host: str, port: int, prefix: str = "") -> ThreadingHTTPServer:
+
+def make_server(
+    witness: Witness,
+    host: str,
+    port: int,
+    prefix: str = "",
+    idle_timeout: float = IDLE_TIMEOUT_S,
+) -> ThreadingHTTPServer:
     route = prefix.rstrip("/") + "/add-checkpoint"
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = idle_timeout  # each connection has a thread: an idle one must not keep it
 
         def setup(self) -> None:
             super().setup()
