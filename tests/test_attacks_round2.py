@@ -354,3 +354,32 @@ def test_an_idle_connection_cannot_hold_a_witness_thread_forever(tmp_path: Path)
         server.shutdown()
         server.server_close()
         state.close()
+
+
+def test_a_manifest_dated_after_its_tsa_token_is_a_lie(
+    chain: Path, rsa_keys: Path, tsas: tuple[Tsa, Tsa]
+) -> None:
+    """An insider with the signing key restates generated_at years ahead (the package
+    "was made after the window closed") and has the trusted TSA stamp the re-signed
+    manifest now. The token pins when the manifest existed: it cannot have been
+    generated after that."""
+    done, paths = _export(chain, rsa_keys, "--tsa-url", tsas[0].url)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(paths.manifest.read_bytes())
+    manifest["generated_at"] = "2031-01-01T00:00:00.000000Z"
+    write_signed(
+        paths.manifest,
+        paths.manifest_signature,
+        manifest,
+        load_private_key(rsa_keys / "audit-private.pem"),
+    )
+    token_path(paths).write_bytes(
+        request_token(
+            tsas[0].url,
+            hashlib.sha256(paths.manifest.read_bytes()).digest(),
+            int(manifest["timestamp"]["nonce"]),
+        )
+    )
+    bad = _verify(paths, rsa_keys, "--tsa-cert", str(tsas[0].ca))
+    assert bad.returncode == 1, bad.stdout
+    assert "generated_at" in bad.stdout and "Traceback" not in bad.stderr
