@@ -383,3 +383,29 @@ def test_a_manifest_dated_after_its_tsa_token_is_a_lie(
     bad = _verify(paths, rsa_keys, "--tsa-cert", str(tsas[0].ca))
     assert bad.returncode == 1, bad.stdout
     assert "generated_at" in bad.stdout and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--api", "https://[::1"],  # urlsplit: "Invalid IPv6 URL"
+        ["--api", "https://127.0.0.1:1", "--timeout", "nan"],
+        ["--api", "https://127.0.0.1:1", "--timeout", "-1"],
+    ],
+)
+def test_pull_settings_a_socket_refuses_are_one_sentence(tmp_path: Path, args: list[str]) -> None:
+    done = run_cli(
+        "pull",
+        *args,
+        "--start",
+        "2026-01-01",
+        "--end",
+        "2026-01-02",
+        "--key-fingerprint",
+        "SHA256:" + "0" * 64,
+        "--out",
+        str(tmp_path),
+        env={"AUDIT_TOKEN": "ftk_x"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
