@@ -409,3 +409,23 @@ def test_pull_settings_a_socket_refuses_are_one_sentence(tmp_path: Path, args: l
     )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_witness_port_out_of_range_is_one_sentence(tmp_path: Path) -> None:
+    from relay.proofs.note import generate_signer_key
+
+    assert run_cli("witness", "keygen", "--out", str(tmp_path), "--name", "w.test").returncode == 0
+    done = run_cli(
+        "witness",
+        "serve",
+        "--key",
+        str(tmp_path / "witness.key"),
+        "--port",
+        "99999",
+        "--trusted-log",
+        f"relay.test/flag-audit={generate_signer_key('relay.test')[1]}",
+        "--state",
+        str(tmp_path / "state.db"),
+    )
+    assert done.returncode == 2 and "99999" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
