@@ -13,6 +13,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from producers.errors import ConfigError
 from relay.witness.service import MAX_BODY, Answer, Witness
 
 IDLE_TIMEOUT_S = 30.0  # a connection silent this long is closed: it holds a thread
@@ -25,6 +26,8 @@ def make_server(
     prefix: str = "",
     idle_timeout: float = IDLE_TIMEOUT_S,
 ) -> ThreadingHTTPServer:
+    if not 0 <= port <= 65535:  # bind() would raise OverflowError, not OSError
+        raise ConfigError(f"--port {port} is not a port number (0-65535)")
     route = prefix.rstrip("/") + "/add-checkpoint"
 
     class Handler(BaseHTTPRequestHandler):
