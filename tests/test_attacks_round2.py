@@ -429,3 +429,10 @@ def test_a_witness_port_out_of_range_is_one_sentence(tmp_path: Path) -> None:
     )
     assert done.returncode == 2 and "99999" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_retention_of_billions_of_days_is_one_sentence(workdir: Path) -> None:
+    """timedelta(days=99999999999) raised OverflowError: a traceback, not a refusal."""
+    done = run_cli("retention", "apply", "--dry-run", "--outbox-days", "99999999999", cwd=workdir)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "99999999999" in done.stderr
