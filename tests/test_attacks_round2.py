@@ -436,3 +436,14 @@ def test_a_retention_of_billions_of_days_is_one_sentence(workdir: Path) -> None:
     done = run_cli("retention", "apply", "--dry-run", "--outbox-days", "99999999999", cwd=workdir)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "99999999999" in done.stderr
+
+
+@pytest.mark.parametrize("url", ["https://[::1", "https://idp.example:99999/jwks"])
+def test_a_provider_url_that_is_not_a_url_is_a_config_error(url: str) -> None:
+    """The jwks_uri comes from the provider's discovery document: "https://[::1" raised
+    ValueError out of Outbox.record (a traceback on every write), a port past 65535
+    was accepted and failed later."""
+    from producers.oidc.settings import check_url
+
+    with pytest.raises(ConfigError, match="jwks_uri"):
+        check_url(url, "the provider's jwks_uri")
