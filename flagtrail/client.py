@@ -9,6 +9,7 @@ one sentence and an exit code from producers/errors.py. Redirects are never foll
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import ssl
@@ -37,7 +38,11 @@ class Download:
 
 def api_base(url: str) -> str:
     """The API's base URL from --api/AUDIT_API_URL; plain http only to this machine."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 (reading it checks it: a port past 65535 raises)
+    except ValueError as exc:  # "Invalid IPv6 URL", a port out of range
+        raise ConfigError(f"--api: {url!r} is not a URL ({exc})") from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigError(f"--api: {url!r} is not an https:// URL of the evidence API")
     if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
@@ -122,6 +127,8 @@ def fetch_package(
     import httpx
 
     url = api_base(api) + PACKAGE_PATH
+    if not (timeout > 0 and math.isfinite(timeout)):  # a socket refuses NaN and negatives
+        raise ConfigError(f"--timeout {timeout}: give a number of seconds above 0")
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/gzip"}
     params = {"start": start.isoformat(), "end": end.isoformat()}
     try:

@@ -58,6 +58,8 @@ def pseudonyms_in_file(path: Path) -> list[str]:
             pseudonyms_in(json.loads(line), found)
         except json.JSONDecodeError:
             raise ConfigError(f"{path} line {number} is not JSON") from None
+        except RecursionError:  # no record nests this deep: a hostile file
+            raise ConfigError(f"{path} line {number} nests too deeply to be a record") from None
     return sorted(found)
 
 

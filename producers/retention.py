@@ -54,6 +54,9 @@ class RetentionReport:
         }
 
 
+MAX_DAYS = 36_500  # a century: longer is a typo, and timedelta ends at 999,999,999 days
+
+
 def days_setting(name: str, given: int | None) -> int:
     from flagtrail.settings import setting
 
@@ -62,8 +65,8 @@ def days_setting(name: str, given: int | None) -> int:
         days = int(text)
     except ValueError:
         days = 0
-    if days < 1:
-        raise ConfigError(f"{name}={text!r}: give a whole number of days, 1 or more")
+    if not 1 <= days <= MAX_DAYS:  # past it, timedelta overflows (a traceback)
+        raise ConfigError(f"{name}={text!r}: give a whole number of days, 1 to {MAX_DAYS}")
     return days
 
 

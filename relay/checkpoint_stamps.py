@@ -25,7 +25,14 @@ from producers.schema import STAMPS_LOCK, create_tables
 from relay.latest import LatestWorker
 from relay.proofs.checkpoint import parse_checkpoint, signed_time
 from relay.proofs.note import split_note
-from relay.timestamp import TSA_URL_ENV, TimestampError, check_token, new_nonce, request_token
+from relay.timestamp import (
+    TSA_URL_ENV,
+    TimestampError,
+    check_token,
+    new_nonce,
+    postdated,
+    request_token,
+)
 
 if TYPE_CHECKING:
     from cryptography.x509 import Certificate
@@ -158,6 +165,13 @@ def check_checkpoint_stamp(
     except (EvidenceError, ValueError) as exc:
         return "INVALID", f"the checkpoint's timestamp: {exc}"
     when = facts.gen_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+    claimed = signed_time(parse_checkpoint(text))
+    if claimed is not None and postdated(claimed, facts.gen_time):
+        # the relay signs, then asks the TSA: a signed time past genTime never happened
+        return "INVALID", (
+            f"the checkpoint says it was signed at {claimed}, later than {when}, when the "
+            "TSA saw it: its time (and a heartbeat resting on it) is a lie"
+        )
     if facts.trusted_by is None:
         return f"the checkpoint existed at {when} per {facts.tsa} (TSA NOT checked)", None
     return f"the checkpoint existed at {when} per {facts.tsa} (trusted)", None

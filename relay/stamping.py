@@ -27,6 +27,7 @@ from relay.timestamp import (
     check_token,
     load_tsa_certs,
     new_nonce,
+    postdated,
     request_token,
 )
 
@@ -124,6 +125,15 @@ def check_package(
     except TimestampError as exc:
         return "INVALID", str(exc)
     when = facts.gen_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+    claimed = str(manifest.get("generated_at"))
+    late = postdated(claimed, facts.gen_time)
+    if late is None:
+        return "INVALID", f"the manifest's generated_at {claimed[:40]!r} is not a time"
+    if late:  # export writes the manifest, then asks the TSA: it cannot postdate the token
+        return "INVALID", (
+            f"the manifest says it was generated_at {claimed}, later than {when}, when the "
+            "TSA stamped it: a restated, postdated manifest"
+        )
     if facts.trusted_by is None:
         return (
             f"token covers this manifest, genTime {when}, by {facts.tsa}; its TSA is NOT "

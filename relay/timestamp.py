@@ -37,6 +37,20 @@ _MAX_CHAIN = 6
 _HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 
 
+CLOCK_SLACK_S = 300.0  # a signer's clock and the TSA's may differ this much
+
+
+def postdated(claimed: str, gen_time: datetime) -> bool | None:
+    """Whether a signed RFC 3339 time lies past the TSA's genTime (beyond the slack):
+    whoever signed it asked the TSA after, so such a time never happened. None when
+    ``claimed`` is not a time."""
+    try:
+        moment = datetime.fromisoformat(claimed.replace("Z", "+00:00"))
+        return (moment - gen_time).total_seconds() > CLOCK_SLACK_S
+    except (ValueError, TypeError):
+        return None
+
+
 class TimestampError(EvidenceError):
     """A timestamp token does not prove what it should (exit 1)."""
 

@@ -10,6 +10,7 @@ Whether the contents are true is `verify`'s job (chain, signatures, registered k
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
@@ -24,10 +25,18 @@ from producers.errors import ConfigError, EvidenceError
 from relay.manifest import PackagePaths
 from relay.signing import PUBLIC_KEY_FILE
 
-MAX_MEMBERS = 16  # a package has at most seven files; more is not a package
+MAX_MEMBERS = 16  # a package has at most nine files; more is not a package
 _CHUNK = 1 << 20
 # the suffixes a package's files carry after its stem (relay.manifest.PackagePaths)
-_SUFFIXES = (".jsonl", ".jsonl.sig", ".manifest.json", ".manifest.json.sig", ".summary.txt")
+_SUFFIXES = (
+    ".jsonl",
+    ".jsonl.sig",
+    ".manifest.json",
+    ".manifest.json.sig",
+    ".manifest.json.tsr",  # the RFC 3161 token, with a TSA (relay/stamping.py)
+    ".summary.txt",
+    ".proof.json",  # the Merkle proofs, with a tree (relay/package_proofs.py)
+)
 _LINK = ".link.jsonl"
 _CHAIN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 
@@ -122,6 +131,30 @@ def _same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
+class _BoundedReads:
+    """The archive's decompressed stream, refusing any single read over _CHUNK: tarfile
+    reads a GNU long name or a pax header whole, so a small gzip bomb from a hostile
+    server would otherwise fill memory before any member is seen (file data is read
+    in chunks no larger, see _copy)."""
+
+    def __init__(self, stream: gzip.GzipFile) -> None:
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > _CHUNK:
+            raise ArchiveError(
+                "the package archive holds a header larger than any package's: refused "
+                "before reading it (a compression bomb, or not a package)"
+            )
+        return self._stream.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+
 def _extract(
     archive: Path,
     staging: Path,
@@ -132,7 +165,10 @@ def _extract(
     names: list[str] = []
     budget, records = max_bytes, 0
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with (
+            gzip.open(archive, "rb") as stream,
+            tarfile.open(fileobj=_BoundedReads(stream), mode="r:") as tar,  # type: ignore[arg-type]
+        ):
             for member in tar:
                 if member.isdir() and not names and member.name.strip("./") == "":
                     continue  # a leading "./" entry some tar writers add

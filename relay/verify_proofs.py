@@ -73,6 +73,10 @@ def _open(note: bytes, keys: list[Ed25519Verifier], chain: str, what: str) -> Ch
         checkpoint = parse_checkpoint(text)
     except EvidenceError as exc:
         raise ProofProblem(f"the {what}: {exc}") from None
+    # without a note key the origin still must name this chain: a witness cosigns per
+    # origin, so another log's witnessed tree would otherwise vouch for this one
+    if not keys and checkpoint.origin.rpartition("/")[2] != chain:
+        raise ProofProblem(f"the {what} is for {checkpoint.origin!r}, not this chain ({chain!r})")
     if keys and checkpoint.origin not in origins:
         raise ProofProblem(
             f"the {what} is for {checkpoint.origin!r}, not this chain "

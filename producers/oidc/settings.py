@@ -67,7 +67,11 @@ class OidcSettings:
 
 def check_url(url: str, what: str) -> None:
     """https, or plain http only to a loopback address (a test provider on this host)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (reading it checks it: a port past 65535 raises)
+    except ValueError as exc:  # "Invalid IPv6 URL": the provider's document is not ours
+        raise ConfigError(f"{what} {url[:120]!r} is not a URL ({exc})") from None
     if parts.scheme == "https" and parts.hostname:
         return
     if parts.scheme == "http" and parts.hostname and _loopback(parts.hostname):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ log = structlog.get_logger("flagtrail.witness")
 
 WITNESSES_ENV = "FLAGTRAIL_WITNESSES"
 TIMEOUT_S = 10.0
+_SIZE_ANSWER = re.compile(rb"([0-9]{1,20})\n")  # the witness's size in a 409 (text/x.tlog.size)
 
 
 @dataclass(frozen=True)
@@ -224,10 +226,10 @@ class WitnessClient:
 
 
 def _size(body: bytes) -> int | None:
-    text = body.decode(errors="replace")
-    if text.endswith("\n") and text[:-1].isdigit():
-        return int(text[:-1])
-    return None
+    # ASCII digits, at most 20 (a u64): str.isdigit() also takes "²", and int() refuses
+    # 4,300+ digits; either raised out of send() and kept the other witnesses waiting
+    match = _SIZE_ANSWER.fullmatch(body)
+    return int(match.group(1)) if match else None
 
 
 def witness_client_for(

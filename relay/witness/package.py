@@ -36,7 +36,11 @@ def load_witness_keys(given: Sequence[str]) -> list[CosignatureVerifier]:
             keys.extend(parse_witness_vkey(ln) for ln in lines if ln)
         else:
             keys.append(parse_witness_vkey(value))
-    if len({(k.name, k.key_id) for k in keys}) != len(keys):
+    # by public key too: a cosignature does not sign the witness's name, so one key
+    # under two names would count one witness twice toward --min-witnesses
+    if len({(k.name, k.key_id) for k in keys}) != len(keys) or len(
+        {k.public_key for k in keys}
+    ) != len(keys):
         raise ConfigError("--witness-key: the same witness key is given twice")
     return keys
 

@@ -13,14 +13,26 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from producers.errors import ConfigError
 from relay.witness.service import MAX_BODY, Answer, Witness
 
+IDLE_TIMEOUT_S = 30.0  # a connection silent this long is closed: it holds a thread
 
-def make_server(witness: Witness, host: str, port: int, prefix: str = "") -> ThreadingHTTPServer:
+
+def make_server(
+    witness: Witness,
+    host: str,
+    port: int,
+    prefix: str = "",
+    idle_timeout: float = IDLE_TIMEOUT_S,
+) -> ThreadingHTTPServer:
+    if not 0 <= port <= 65535:  # bind() would raise OverflowError, not OSError
+        raise ConfigError(f"--port {port} is not a port number (0-65535)")
     route = prefix.rstrip("/") + "/add-checkpoint"
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = idle_timeout  # each connection has a thread: an idle one must not keep it
 
         def setup(self) -> None:
             super().setup()

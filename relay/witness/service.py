@@ -103,7 +103,8 @@ class Witness:
                 "witness.refused", origin=origin, status=refused.answer.status, reason=reason
             )
             if refused.logged:
-                self.state.note_refusal(origin, refused.answer.status, reason, body)
+                text = split_note(body.partition(b"\n\n")[2])[0]
+                self.state.note_refusal(origin, refused.answer.status, reason, body, text)
             return refused.answer
         log.info("witness.cosigned", origin=origin, size=checkpoint.size)
         return Answer(200, line)

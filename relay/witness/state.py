@@ -97,8 +97,21 @@ class WitnessState:
         with self.transaction() as tx:
             return tx.latest(origin)
 
-    def note_refusal(self, origin: str, status: int, reason: str, request: bytes) -> None:
+    def note_refusal(
+        self, origin: str, status: int, reason: str, request: bytes, checkpoint_text: bytes
+    ) -> None:
+        """Keep the request, once per checkpoint and status: anyone can replay a public
+        checkpoint with a garbage proof, and each copy would be another row of noise."""
+        # the note text follows the request's first blank line and ends at the next
+        marker = b"\n\n" + checkpoint_text + b"\n"
         with self.transaction() as tx:
+            seen = tx._conn.execute(
+                "SELECT 1 FROM witness_refusals WHERE origin = ? AND status = ? "
+                "AND instr(request, ?) > 0 LIMIT 1",
+                (origin, status, marker),
+            ).fetchone()
+            if seen is not None:
+                return
             tx._conn.execute(
                 "INSERT INTO witness_refusals (origin, received_at, status, reason, request) "
                 "VALUES (?, ?, ?, ?, ?)",
