@@ -16,13 +16,13 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import BigInteger, Column, Engine, LargeBinary, MetaData, String, Table, select
+from sqlalchemy import Column, Engine, LargeBinary, MetaData, String, Table, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from producers.errors import BackendUnavailable, ConfigError, EvidenceError
+from relay.checkpoint_rows import key_columns, note_key
 from relay.latest import LatestWorker
-from relay.proofs.checkpoint import parse_checkpoint, signed_time
 from relay.proofs.note import split_note
 from relay.timestamp import TSA_URL_ENV, TimestampError, check_token, new_nonce, request_token
 
@@ -38,18 +38,10 @@ _metadata = MetaData()
 stamps_table = Table(
     "checkpoint_timestamps",
     _metadata,
-    Column("chain_id", String(64), primary_key=True),
-    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
-    Column("signed_at", String(32), primary_key=True),
+    *key_columns(),
     Column("nonce", String(32), nullable=False),
     Column("token", LargeBinary, nullable=False),
 )
-
-
-def _text_and_key(note: bytes) -> tuple[bytes, int, str]:
-    text = split_note(note)[0]
-    checkpoint = parse_checkpoint(text)
-    return text, checkpoint.size, signed_time(checkpoint) or ""
 
 
 class CheckpointStamps:
@@ -65,7 +57,7 @@ class CheckpointStamps:
             raise BackendUnavailable(f"the checkpoint timestamps cannot be opened: {exc}") from exc
 
     def add(self, note: bytes, nonce: int, token: bytes) -> None:
-        _, size, signed_at = _text_and_key(note)
+        size, signed_at = note_key(note)
         row = {
             "chain_id": self.chain_id,
             "tree_size": size,
@@ -83,7 +75,7 @@ class CheckpointStamps:
         """The manifest's ``checkpoint_timestamp`` for this checkpoint, if it was stamped."""
         if not self.exists:
             return None
-        _, size, signed_at = _text_and_key(note)
+        size, signed_at = note_key(note)
         c = stamps_table.c
         query = select(c.nonce, c.token).where(
             c.chain_id == self.chain_id, c.tree_size == size, c.signed_at == signed_at
@@ -106,7 +98,8 @@ class CheckpointStamper:
         self._worker.submit(note)
 
     def stamp(self, note: bytes) -> bool:
-        text, size, _ = _text_and_key(note)
+        size, _ = note_key(note)
+        text = split_note(note)[0]
         nonce = new_nonce()
         try:
             token = request_token(self.url, hashlib.sha256(text).digest(), nonce)

@@ -57,6 +57,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from producers.errors import BackendUnavailable, ConfigError, EvidenceError
 from producers.events import format_timestamp, utc_now
+from relay.checkpoint_rows import append_only_triggers, create_append_only, key_columns
 from relay.logs.base import AuditLog, LogEntry
 from relay.proofs.checkpoint import TIME_EXTENSION, Checkpoint, origin_for, parse_checkpoint
 from relay.proofs.merkle import (
@@ -93,17 +94,10 @@ nodes_table = Table(
 checkpoints_table = Table(
     "merkle_checkpoints",
     _metadata,
-    Column("chain_id", String(64), primary_key=True),
-    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
-    Column("signed_at", String(32), primary_key=True),
+    *key_columns(),
     Column("note", Text, nullable=False),
 )
-_SQLITE_APPEND_ONLY = [
-    f"CREATE TRIGGER IF NOT EXISTS {table}_refuses_{verb.lower()} BEFORE {verb} ON {table} "
-    f"BEGIN SELECT RAISE(ABORT, 'flagtrail Merkle tree is append-only: {verb} refused'); END"
-    for table in ("merkle_nodes", "merkle_checkpoints")
-    for verb in ("UPDATE", "DELETE")
-]
+_SQLITE_APPEND_ONLY = append_only_triggers(("merkle_nodes", "merkle_checkpoints"), "Merkle tree is")
 
 
 def _without_fsync_per_commit(dbapi_conn: object, _record: object) -> None:
@@ -139,11 +133,7 @@ class TreeStore:
             else:
                 if engine.dialect.name == "sqlite":
                     event.listen(engine, "connect", _without_fsync_per_commit)
-                _metadata.create_all(engine)
-                if engine.dialect.name == "sqlite":
-                    with engine.begin() as conn:
-                        for statement in _SQLITE_APPEND_ONLY:
-                            conn.exec_driver_sql(statement)
+                create_append_only(engine, _metadata, _SQLITE_APPEND_ONLY)
                 self.exists = True
         except SQLAlchemyError as exc:
             raise BackendUnavailable(f"the Merkle tree store cannot be opened: {exc}") from exc

@@ -16,32 +16,24 @@ from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from producers.errors import BackendUnavailable
-from relay.proofs.checkpoint import parse_checkpoint, signed_time
-from relay.proofs.note import split_note
+from relay.checkpoint_rows import (
+    append_only_triggers,
+    create_append_only,
+    key_columns,
+    note_key,
+)
 from relay.tree import TreeStore, checkpoints_table
 
 _metadata = MetaData()
 cosignatures_table = Table(
     "checkpoint_cosignatures",
     _metadata,
-    Column("chain_id", String(64), primary_key=True),
-    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
-    Column("signed_at", String(32), primary_key=True),
+    *key_columns(),
     Column("witness", String(255), primary_key=True),
     Column("line", Text, nullable=False),
     Column("received_at", BigInteger, nullable=False),
 )
-_SQLITE_APPEND_ONLY = [
-    f"CREATE TRIGGER IF NOT EXISTS checkpoint_cosignatures_refuses_{verb.lower()} "
-    f"BEFORE {verb} ON checkpoint_cosignatures BEGIN SELECT RAISE(ABORT, "
-    f"'flagtrail cosignatures are append-only: {verb} refused'); END"
-    for verb in ("UPDATE", "DELETE")
-]
-
-
-def _key(note: bytes) -> tuple[int, str]:
-    checkpoint = parse_checkpoint(split_note(note)[0])
-    return checkpoint.size, signed_time(checkpoint) or ""
+_SQLITE_APPEND_ONLY = append_only_triggers(("checkpoint_cosignatures",), "cosignatures are")
 
 
 class CosignatureStore:
@@ -52,17 +44,13 @@ class CosignatureStore:
             if read_only:
                 self.exists = "checkpoint_cosignatures" in inspect(engine).get_table_names()
             else:
-                _metadata.create_all(engine)
-                if engine.dialect.name == "sqlite":
-                    with engine.begin() as conn:
-                        for statement in _SQLITE_APPEND_ONLY:
-                            conn.exec_driver_sql(statement)
+                create_append_only(engine, _metadata, _SQLITE_APPEND_ONLY)
                 self.exists = True
         except SQLAlchemyError as exc:
             raise BackendUnavailable(f"the cosignature store cannot be opened: {exc}") from exc
 
     def add(self, note: bytes, witness: str, line: str) -> None:
-        size, signed_at = _key(note)
+        size, signed_at = note_key(note)
         row = {
             "chain_id": self.chain_id,
             "tree_size": size,
@@ -80,7 +68,7 @@ class CosignatureStore:
     def lines(self, note: bytes) -> list[str]:
         if not self.exists:
             return []
-        size, signed_at = _key(note)
+        size, signed_at = note_key(note)
         c = cosignatures_table.c
         query = (
             select(c.line)
@@ -118,7 +106,7 @@ class CosignedTreeStore:
         attached = self._cosignatures.attach(note)
         if attached != note or not self._cosignatures.exists:
             return attached
-        size, _ = _key(note)
+        size, _ = note_key(note)
         c, w = checkpoints_table.c, cosignatures_table.c
         query = (
             select(c.note)
