@@ -1,11 +1,15 @@
-"""What the tables kept beside signed checkpoints share (relay.tree's checkpoints,
+"""What the stores kept beside signed checkpoints share (relay.tree,
 relay.witness.cosignatures, relay.checkpoint_stamps): the key a checkpoint's rows
-carry, and SQLite triggers that make a table append-only."""
+carry, SQLite triggers that make a table append-only, and how the tables are opened."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Engine, MetaData, String
+from collections.abc import Sequence
 
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, inspect
+from sqlalchemy.exc import SQLAlchemyError
+
+from producers.errors import BackendUnavailable
 from relay.proofs.checkpoint import parse_checkpoint, signed_time
 from relay.proofs.note import split_note
 
@@ -35,10 +39,19 @@ def append_only_triggers(tables: tuple[str, ...], what: str) -> list[str]:
     ]
 
 
-def create_append_only(engine: Engine, metadata: MetaData, triggers: list[str]) -> None:
-    """Create the tables, and on SQLite the triggers."""
-    metadata.create_all(engine)
-    if engine.dialect.name == "sqlite":
-        with engine.begin() as conn:
-            for statement in triggers:
-                conn.exec_driver_sql(statement)
+def open_tables(
+    engine: Engine, metadata: MetaData, *, read_only: bool, what: str, triggers: Sequence[str] = ()
+) -> bool:
+    """Whether the metadata's tables exist: read-only only looks (a reader never creates);
+    otherwise creates them, and on SQLite the triggers. One sentence if the database fails."""
+    try:
+        if read_only:
+            return set(metadata.tables) <= set(inspect(engine).get_table_names())
+        metadata.create_all(engine)
+        if engine.dialect.name == "sqlite":
+            with engine.begin() as conn:
+                for statement in triggers:
+                    conn.exec_driver_sql(statement)
+        return True
+    except SQLAlchemyError as exc:
+        raise BackendUnavailable(f"the {what} cannot be opened: {exc}") from exc

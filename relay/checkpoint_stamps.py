@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import Column, Engine, LargeBinary, MetaData, String, Table, select
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from producers.errors import BackendUnavailable, ConfigError, EvidenceError
-from relay.checkpoint_rows import key_columns, note_key
+from relay.checkpoint_rows import key_columns, note_key, open_tables
 from relay.latest import LatestWorker
 from relay.proofs.note import split_note
 from relay.timestamp import TSA_URL_ENV, TimestampError, check_token, new_nonce, request_token
@@ -47,14 +46,9 @@ stamps_table = Table(
 class CheckpointStamps:
     def __init__(self, engine: Engine, chain_id: str, *, read_only: bool = False) -> None:
         self.engine, self.chain_id = engine, chain_id
-        try:
-            if read_only:
-                self.exists = "checkpoint_timestamps" in sa_inspect(engine).get_table_names()
-            else:
-                _metadata.create_all(engine)
-                self.exists = True
-        except SQLAlchemyError as exc:
-            raise BackendUnavailable(f"the checkpoint timestamps cannot be opened: {exc}") from exc
+        self.exists = open_tables(
+            engine, _metadata, read_only=read_only, what="checkpoint timestamps"
+        )
 
     def add(self, note: bytes, nonce: int, token: bytes) -> None:
         size, signed_at = note_key(note)

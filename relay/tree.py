@@ -50,14 +50,13 @@ from sqlalchemy import (
     and_,
     event,
     func,
-    inspect,
     select,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from producers.errors import BackendUnavailable, ConfigError, EvidenceError
 from producers.events import format_timestamp, utc_now
-from relay.checkpoint_rows import append_only_triggers, create_append_only, key_columns
+from relay.checkpoint_rows import append_only_triggers, key_columns, open_tables
 from relay.logs.base import AuditLog, LogEntry
 from relay.proofs.checkpoint import TIME_EXTENSION, Checkpoint, origin_for, parse_checkpoint
 from relay.proofs.merkle import (
@@ -126,17 +125,15 @@ class TreeStore:
         self.engine = engine
         self.chain_id = chain_id
         self.read_only = read_only
-        try:
-            if read_only:
-                names = set(inspect(engine).get_table_names())
-                self.exists = {"merkle_nodes", "merkle_checkpoints"} <= names
-            else:
-                if engine.dialect.name == "sqlite":
-                    event.listen(engine, "connect", _without_fsync_per_commit)
-                create_append_only(engine, _metadata, _SQLITE_APPEND_ONLY)
-                self.exists = True
-        except SQLAlchemyError as exc:
-            raise BackendUnavailable(f"the Merkle tree store cannot be opened: {exc}") from exc
+        if not read_only and engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _without_fsync_per_commit)
+        self.exists = open_tables(
+            engine,
+            _metadata,
+            read_only=read_only,
+            what="Merkle tree store",
+            triggers=_SQLITE_APPEND_ONLY,
+        )
 
     def complete_size(self) -> int:
         """How many leaves the stored subtrees cover: whole tiles of 2**STORED_LEVEL."""

@@ -12,15 +12,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text, inspect, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text, select
+from sqlalchemy.exc import IntegrityError
 
-from producers.errors import BackendUnavailable
 from relay.checkpoint_rows import (
     append_only_triggers,
-    create_append_only,
     key_columns,
     note_key,
+    open_tables,
 )
 from relay.tree import TreeStore, checkpoints_table
 
@@ -40,14 +39,13 @@ class CosignatureStore:
     def __init__(self, engine: Engine, chain_id: str, *, read_only: bool = False) -> None:
         self.engine = engine
         self.chain_id = chain_id
-        try:
-            if read_only:
-                self.exists = "checkpoint_cosignatures" in inspect(engine).get_table_names()
-            else:
-                create_append_only(engine, _metadata, _SQLITE_APPEND_ONLY)
-                self.exists = True
-        except SQLAlchemyError as exc:
-            raise BackendUnavailable(f"the cosignature store cannot be opened: {exc}") from exc
+        self.exists = open_tables(
+            engine,
+            _metadata,
+            read_only=read_only,
+            what="cosignature store",
+            triggers=_SQLITE_APPEND_ONLY,
+        )
 
     def add(self, note: bytes, witness: str, line: str) -> None:
         size, signed_at = note_key(note)
