@@ -74,6 +74,7 @@ from relay.proofs.note import (
     sign_note,
     split_note,
 )
+from relay.signing import write_private_file
 
 log = structlog.get_logger("flagtrail.tree")
 
@@ -490,13 +491,7 @@ def generate_note_key(out_dir: Path, name: str, overwrite: bool = False) -> tupl
             f"{private_path} or {public_path} already exists; "
             "move it away or pass --force to replace the note key"
         )
-    partial = private_path.with_name(private_path.name + ".new")
-    partial.unlink(missing_ok=True)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(skey + "\n")
-    os.replace(partial, private_path)
+    write_private_file(private_path, (skey + "\n").encode())
     public_path.write_text(vkey + "\n")
     return private_path, public_path
 
