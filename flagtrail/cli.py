@@ -7,16 +7,14 @@ starts in a tenth of a second instead of loading SQLAlchemy and Kafka clients.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import threading
-from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flagtrail import __version__
+from flagtrail import __version__, options
 from producers.errors import (
     EXIT_ERROR,
     ConfigError,
@@ -24,88 +22,6 @@ from producers.errors import (
     InvalidChange,
     PolicyError,
 )
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-01-31") from None
-
-
-def _json_arg(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text[:200]!r}") from None
-    except RecursionError:
-        raise argparse.ArgumentTypeError("JSON nested too deeply to read") from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be zero or more seconds")
-    return value
-
-
-def _chain_id(text: str) -> str:
-    # a chain id becomes part of file names, topics and locks: refuse anything else
-    from relay.logs.base import check_chain_id
-
-    try:
-        return check_chain_id(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _add_backends(parser: argparse.ArgumentParser, outbox: bool = True, log: bool = True) -> None:
-    if outbox:
-        parser.add_argument(
-            "--outbox-url",
-            help="SQLAlchemy URL of the outbox database "
-            "[env FLAGTRAIL_OUTBOX_URL, default sqlite:///outbox.db]",
-        )
-    if log:
-        parser.add_argument(
-            "--log-url",
-            help="immutable log: sqlite:///log.db or "
-            "kafka://host:port/topic [env FLAGTRAIL_LOG_URL, default "
-            "sqlite:///log.db]",
-        )
-    parser.add_argument(
-        "--chain", type=_chain_id, help="chain id [env FLAGTRAIL_CHAIN, default flag-audit]"
-    )
-
-
-def _add_window(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
-    parser.add_argument("--end", type=_date, required=True, help="last day, YYYY-MM-DD (included)")
-
-
-def _add_signing_key(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--signing-key",
-        help=f"private key PEM that signs {what} "
-        "[env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
-    )
-
-
-def _add_identities(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--identities", help="identity directory TOML [env FLAGTRAIL_IDENTITIES]")
 
 
 def _outbox(args: argparse.Namespace):  # -> producers.Outbox
@@ -488,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--approver", help="identity approving it (required in production)")
     p.add_argument("--role", required=True, help="role the actor acts in")
-    p.add_argument("--before", type=_json_arg, default=None, help="prior state, JSON")
-    p.add_argument("--after", type=_json_arg, default=None, help="new state, JSON")
+    p.add_argument("--before", type=options.json_arg, default=None, help="prior state, JSON")
+    p.add_argument("--after", type=options.json_arg, default=None, help="new state, JSON")
     p.add_argument("--reason", default="", help="justification (required)")
     p.add_argument("--change-ref", default="", help="ticket, e.g. CHG-4821 (production)")
     p.add_argument(
@@ -499,16 +415,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--approval-token",
         help="the approver's approval JWT, bound to this change [env FLAGTRAIL_APPROVAL_TOKEN]",
     )
-    _add_identities(p)
-    _add_backends(p, log=False)
+    options.add_identities(p)
+    options.add_backends(p, log=False)
     p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("loadgen", help="record N realistic changes (load tests, benchmarks)")
-    p.add_argument("--events", type=_positive, required=True, help="how many changes")
+    p.add_argument("--events", type=options.positive, required=True, help="how many changes")
     p.add_argument("--rate", type=float, help="changes per second (default: as fast as possible)")
     p.add_argument(
         "--per-transaction",
-        type=_positive,
+        type=options.positive,
         default=1,
         help="changes per database transaction (default 1, as a control plane)",
     )
@@ -519,8 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of production changes that self-approve and get blocked",
     )
     p.add_argument("--seed", type=int, default=7, help="random seed")
-    _add_identities(p)
-    _add_backends(p, log=False)
+    options.add_identities(p)
+    options.add_backends(p, log=False)
     p.set_defaults(func=cmd_loadgen)
 
     p = sub.add_parser(
@@ -530,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         "finishes the current batch and exits.",
     )
     p.add_argument("--once", action="store_true", help="drain what is committed and exit")
-    p.add_argument("--batch-size", type=_positive, default=2000, help="rows per log append")
+    p.add_argument("--batch-size", type=options.positive, default=2000, help="rows per log append")
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -549,19 +465,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--clock-skew-tolerance",
-        type=_seconds,
+        type=options.seconds,
         default=os.environ.get("FLAGTRAIL_CLOCK_SKEW_TOLERANCE_S", "5"),
         help="seconds a producer's recorded_at may run ahead of the relay's clock before "
         "it is flagged [env FLAGTRAIL_CLOCK_SKEW_TOLERANCE_S, default 5]",
     )
     p.add_argument(
         "--max-payload-bytes",
-        type=_positive,
+        type=options.positive,
         default=os.environ.get("FLAGTRAIL_MAX_PAYLOAD_BYTES", str(256 * 1024)),
         help="outbox payloads larger than this are quarantined, not sealed "
         "[env FLAGTRAIL_MAX_PAYLOAD_BYTES, default 262144]",
     )
-    _add_backends(p)
+    options.add_backends(p)
     p.set_defaults(func=cmd_relay)
 
     p = sub.add_parser(
@@ -570,11 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Whole UTC days, both included. Writes the JSONL, its "
         ".sig, a manifest and the per-control summary.",
     )
-    _add_window(p)
+    options.add_window(p)
     p.add_argument(
         "--controls", help="controls to report, e.g. CC6.1,CC6.6,CC8.1 (never removes records)"
     )
-    _add_signing_key(p, "the export")
+    options.add_signing_key(p, "the export")
     p.add_argument("--out", default=".", help="output folder (default: here)")
     p.add_argument(
         "--previous",
@@ -594,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="export without a timestamp even when FLAGTRAIL_TSA_URL is set",
     )
-    _add_backends(p, outbox=False)
+    options.add_backends(p, outbox=False)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -612,20 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
         "signed by an untrusted key.",
     )
     p.add_argument("file", help="the .jsonl export")
-    p.add_argument(
-        "--pubkey",
-        action="append",
-        default=[],
-        metavar="PEM",
-        help="a registered public key (trusted); repeatable",
-    )
-    p.add_argument(
-        "--key-fingerprint",
-        action="append",
-        default=[],
-        metavar="SHA256:HEX",
-        help="trust the package's key if its DER SubjectPublicKeyInfo has this SHA-256 "
-        "(openssl pkey -pubin -outform DER | sha256sum); repeatable",
+    options.add_trusted_keys(
+        p,
+        pubkey_help="a registered public key (trusted); repeatable",
+        fingerprint_help="trust the package's key if its DER SubjectPublicKeyInfo has this "
+        "SHA-256 (openssl pkey -pubin -outform DER | sha256sum); repeatable",
     )
     p.add_argument(
         "--previous",
@@ -675,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--anchor",
         help="hash the first record must link to (default: the manifest's anchor, else GENESIS)",
     )
-    p.add_argument("--workers", type=_positive, help="processes (default: one per core)")
+    p.add_argument("--workers", type=options.positive, help="processes (default: one per core)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("summary", help="per-control summary of an export (the seed's format)")
@@ -695,9 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--actor", required=True, help="identity rotating it (must hold an operator role)"
     )
-    _add_signing_key(p, "the rotation")
-    _add_identities(p)
-    _add_backends(p, log=False)
+    options.add_signing_key(p, "the rotation")
+    options.add_identities(p)
+    options.add_backends(p, log=False)
     p.set_defaults(func=cmd_rotate)
 
     gap = sub.add_parser("gap", help="find and document gaps in the evidence")
@@ -708,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Relay outages (events that reached the "
         "log late), silences, sequence jumps and rotations.",
     )
-    _add_window(p)
+    options.add_window(p)
     p.add_argument(
         "--lag-threshold",
         type=float,
@@ -735,11 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--clock-skew-tolerance",
-        type=_seconds,
+        type=options.seconds,
         default=5.0,
         help="seconds a producer's recorded_at may run ahead of the relay's clock (5)",
     )
-    _add_backends(p, outbox=False)
+    options.add_backends(p, outbox=False)
     p.set_defaults(func=cmd_gap_scan)
     p = gap_sub.add_parser(
         "document",
@@ -760,9 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--author", required=True, help="identity making the statement (an operator role)"
     )
-    _add_signing_key(p, "the statement")
-    _add_identities(p)
-    _add_backends(p, log=False)
+    options.add_signing_key(p, "the statement")
+    options.add_identities(p)
+    options.add_backends(p, log=False)
     p.set_defaults(func=cmd_gap_document)
 
     p = sub.add_parser(
@@ -771,15 +678,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compares the 7 days ending --as-of with the trailing "
         "weeks; exit 1 when the count falls below --threshold of their mean.",
     )
-    p.add_argument("--as-of", type=_date, help="last day of the week checked (default today)")
-    p.add_argument("--weeks", type=_positive, default=4, help="trailing weeks (default 4)")
+    p.add_argument(
+        "--as-of", type=options.date_arg, help="last day of the week checked (default today)"
+    )
+    p.add_argument("--weeks", type=options.positive, default=4, help="trailing weeks (default 4)")
     p.add_argument(
         "--threshold",
         type=float,
         default=0.5,
         help="fraction of the trailing mean below which it fails (default 0.5)",
     )
-    _add_backends(p, outbox=False)
+    options.add_backends(p, outbox=False)
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("keygen", help="create a signing key pair")

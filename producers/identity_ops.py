@@ -242,14 +242,9 @@ def write_sidecar(
 
 
 def write_private(path: Path, data: bytes) -> None:
-    import os
+    from relay.signing import write_private_file
 
-    partial = path.with_name(path.name + ".partial")
     try:
-        partial.unlink(missing_ok=True)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(partial, path)
+        write_private_file(path, data)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc

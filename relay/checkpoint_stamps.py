@@ -16,12 +16,12 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import BigInteger, Column, Engine, LargeBinary, MetaData, String, Table, select
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Column, Engine, LargeBinary, MetaData, String, Table, select
+from sqlalchemy.exc import IntegrityError
 
 from producers.errors import BackendUnavailable, ConfigError, EvidenceError
-from producers.schema import STAMPS_LOCK, create_tables
+from producers.schema import STAMPS_LOCK
+from relay.checkpoint_rows import key_columns, note_key, open_tables
 from relay.latest import LatestWorker
 from relay.proofs.checkpoint import parse_checkpoint, signed_time
 from relay.proofs.note import split_note
@@ -46,34 +46,25 @@ _metadata = MetaData()
 stamps_table = Table(
     "checkpoint_timestamps",
     _metadata,
-    Column("chain_id", String(64), primary_key=True),
-    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
-    Column("signed_at", String(32), primary_key=True),
+    *key_columns(),
     Column("nonce", String(32), nullable=False),
     Column("token", LargeBinary, nullable=False),
 )
 
 
-def _text_and_key(note: bytes) -> tuple[bytes, int, str]:
-    text = split_note(note)[0]
-    checkpoint = parse_checkpoint(text)
-    return text, checkpoint.size, signed_time(checkpoint) or ""
-
-
 class CheckpointStamps:
     def __init__(self, engine: Engine, chain_id: str, *, read_only: bool = False) -> None:
         self.engine, self.chain_id = engine, chain_id
-        try:
-            if read_only:
-                self.exists = "checkpoint_timestamps" in sa_inspect(engine).get_table_names()
-            else:
-                create_tables(engine, _metadata, STAMPS_LOCK)
-                self.exists = True
-        except SQLAlchemyError as exc:
-            raise BackendUnavailable(f"the checkpoint timestamps cannot be opened: {exc}") from exc
+        self.exists = open_tables(
+            engine,
+            _metadata,
+            read_only=read_only,
+            what="checkpoint timestamps",
+            lock_id=STAMPS_LOCK,
+        )
 
     def add(self, note: bytes, nonce: int, token: bytes) -> None:
-        _, size, signed_at = _text_and_key(note)
+        size, signed_at = note_key(note)
         row = {
             "chain_id": self.chain_id,
             "tree_size": size,
@@ -91,7 +82,7 @@ class CheckpointStamps:
         """The manifest's ``checkpoint_timestamp`` for this checkpoint, if it was stamped."""
         if not self.exists:
             return None
-        _, size, signed_at = _text_and_key(note)
+        size, signed_at = note_key(note)
         c = stamps_table.c
         query = select(c.nonce, c.token).where(
             c.chain_id == self.chain_id, c.tree_size == size, c.signed_at == signed_at
@@ -114,7 +105,8 @@ class CheckpointStamper:
         self._worker.submit(note)
 
     def stamp(self, note: bytes) -> bool:
-        text, size, _ = _text_and_key(note)
+        size, _ = note_key(note)
+        text = split_note(note)[0]
         nonce = new_nonce()
         try:
             token = request_token(self.url, hashlib.sha256(text).digest(), nonce)

@@ -50,14 +50,14 @@ from sqlalchemy import (
     and_,
     event,
     func,
-    inspect,
     select,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from producers.errors import BackendUnavailable, ConfigError, EvidenceError
 from producers.events import format_timestamp, utc_now
-from producers.schema import TREE_LOCK, create_tables
+from producers.schema import TREE_LOCK
+from relay.checkpoint_rows import append_only_triggers, key_columns, open_tables
 from relay.logs.base import AuditLog, LogEntry
 from relay.proofs.checkpoint import TIME_EXTENSION, Checkpoint, origin_for, parse_checkpoint
 from relay.proofs.merkle import (
@@ -75,6 +75,7 @@ from relay.proofs.note import (
     sign_note,
     split_note,
 )
+from relay.signing import write_private_file
 
 log = structlog.get_logger("flagtrail.tree")
 
@@ -94,17 +95,10 @@ nodes_table = Table(
 checkpoints_table = Table(
     "merkle_checkpoints",
     _metadata,
-    Column("chain_id", String(64), primary_key=True),
-    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
-    Column("signed_at", String(32), primary_key=True),
+    *key_columns(),
     Column("note", Text, nullable=False),
 )
-_SQLITE_APPEND_ONLY = [
-    f"CREATE TRIGGER IF NOT EXISTS {table}_refuses_{verb.lower()} BEFORE {verb} ON {table} "
-    f"BEGIN SELECT RAISE(ABORT, 'flagtrail Merkle tree is append-only: {verb} refused'); END"
-    for table in ("merkle_nodes", "merkle_checkpoints")
-    for verb in ("UPDATE", "DELETE")
-]
+_SQLITE_APPEND_ONLY = append_only_triggers(("merkle_nodes", "merkle_checkpoints"), "Merkle tree is")
 
 
 def _without_fsync_per_commit(dbapi_conn: object, _record: object) -> None:
@@ -133,21 +127,16 @@ class TreeStore:
         self.engine = engine
         self.chain_id = chain_id
         self.read_only = read_only
-        try:
-            if read_only:
-                names = set(inspect(engine).get_table_names())
-                self.exists = {"merkle_nodes", "merkle_checkpoints"} <= names
-            else:
-                if engine.dialect.name == "sqlite":
-                    event.listen(engine, "connect", _without_fsync_per_commit)
-                create_tables(engine, _metadata, TREE_LOCK)
-                if engine.dialect.name == "sqlite":
-                    with engine.begin() as conn:
-                        for statement in _SQLITE_APPEND_ONLY:
-                            conn.exec_driver_sql(statement)
-                self.exists = True
-        except SQLAlchemyError as exc:
-            raise BackendUnavailable(f"the Merkle tree store cannot be opened: {exc}") from exc
+        if not read_only and engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _without_fsync_per_commit)
+        self.exists = open_tables(
+            engine,
+            _metadata,
+            read_only=read_only,
+            what="Merkle tree store",
+            lock_id=TREE_LOCK,
+            triggers=_SQLITE_APPEND_ONLY,
+        )
 
     def complete_size(self) -> int:
         """How many leaves the stored subtrees cover: whole tiles of 2**STORED_LEVEL."""
@@ -504,13 +493,7 @@ def generate_note_key(out_dir: Path, name: str, overwrite: bool = False) -> tupl
             f"{private_path} or {public_path} already exists; "
             "move it away or pass --force to replace the note key"
         )
-    partial = private_path.with_name(private_path.name + ".new")
-    partial.unlink(missing_ok=True)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(skey + "\n")
-    os.replace(partial, private_path)
+    write_private_file(private_path, (skey + "\n").encode())
     public_path.write_text(vkey + "\n")
     return private_path, public_path
 

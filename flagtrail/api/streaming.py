@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
+from typing import TypeVar
 
 import anyio
 import structlog
@@ -18,6 +19,20 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 log = structlog.get_logger("flagtrail.api")
+T = TypeVar("T")
+
+
+async def build_in_slot(
+    slot: AbstractAsyncContextManager[None], build: Callable[..., T], *args: object
+) -> T:
+    """Take a stream slot, then build the pull in a thread. The slot is given back at
+    once if building fails; otherwise the CheckedStream given it gives it back at the end."""
+    await slot.__aenter__()
+    try:
+        return await run_in_threadpool(build, *args)
+    except BaseException as exc:
+        await slot.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
 
 
 class StreamAborted(Exception):

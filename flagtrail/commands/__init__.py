@@ -5,7 +5,8 @@ Each module here has ``register(sub)``, which adds its sub-commands to the
 a ``func(args) -> int``. A command parses, calls the library, renders; the
 error tree in producers/errors.py turns every user-caused failure into one
 sentence and an exit code (flagtrail/cli.py). Add a module to MODULES to add
-its commands; keep heavy imports inside the command functions.
+its commands; keep heavy imports inside the command functions. Argument types and
+shared options (counts, ports, backends, trusted keys) come from flagtrail/options.py.
 """
 
 from __future__ import annotations

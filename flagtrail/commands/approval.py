@@ -12,12 +12,6 @@ import argparse
 import json
 
 
-def _json(text: str) -> object:
-    from flagtrail.cli import _json_arg
-
-    return _json_arg(text)
-
-
 def cmd_approval_digest(args: argparse.Namespace) -> int:
     from producers.events import FlagChange
     from producers.oidc.approval import APPROVAL_TYPE, change_digest
@@ -43,6 +37,8 @@ def cmd_approval_digest(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from flagtrail.options import json_arg
+
     p = sub.add_parser(
         "approval-digest",
         help="the change_digest an OpenID Connect approval token must carry",
@@ -53,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flag", required=True, help="flag key, e.g. checkout-v2")
     p.add_argument("--env", required=True, help="environment, exactly as it will be recorded")
     p.add_argument("--action", required=True, choices=["create", "update", "rollout", "delete"])
-    p.add_argument("--before", type=_json, default=None, help="prior state, JSON")
-    p.add_argument("--after", type=_json, default=None, help="new state, JSON")
+    p.add_argument("--before", type=json_arg, default=None, help="prior state, JSON")
+    p.add_argument("--after", type=json_arg, default=None, help="new state, JSON")
     p.add_argument(
         "--json", action="store_true", help="print the whole authorization_details entry"
     )

@@ -35,7 +35,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from flagtrail.cli import _add_backends
+    from flagtrail.options import add_backends
 
     p = sub.add_parser(
         "checkpoint",
@@ -51,5 +51,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         "SQLite log's file, else the outbox database]",
     )
     p.add_argument("--check", action="store_true", help="rebuild the tree from the log")
-    _add_backends(p, outbox=False)
+    add_backends(p, outbox=False)
     p.set_defaults(func=cmd_checkpoint)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from flagtrail.cli import _add_backends, _add_identities
+    from flagtrail.options import add_backends, add_identities
 
     group = sub.add_parser(
         "identity",
@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("target", help="a pseudonym (id:…) or a file naming pseudonyms")
     p.add_argument("--actor", required=True, help="who asks (an operator role)")
     p.add_argument("--out", help="write the answers as JSON to this file (0600)")
-    _add_identities(p)
-    _add_backends(p, log=False)
+    add_identities(p)
+    add_backends(p, log=False)
     p.set_defaults(func=cmd_resolve)
 
     p = commands.add_parser(
@@ -48,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--signing-key",
         help="private key PEM [env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
     )
-    _add_identities(p)
-    _add_backends(p, log=False)
+    add_identities(p)
+    add_backends(p, log=False)
     p.set_defaults(func=cmd_sidecar)
 
     p = commands.add_parser(
@@ -62,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("subject", help="the pseudonym (id:…) or the identity to erase")
     p.add_argument("--reason", required=True, help="why, without personal data (a ticket)")
     p.add_argument("--actor", required=True, help="who erases (an operator role)")
-    _add_identities(p)
-    _add_backends(p, log=False)
+    add_identities(p)
+    add_backends(p, log=False)
     p.set_defaults(func=cmd_erase)
 
     p = commands.add_parser(

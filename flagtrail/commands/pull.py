@@ -162,7 +162,7 @@ def _names_previous(manifest: Path) -> bool:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from flagtrail.cli import _date
+    from flagtrail.options import add_trusted_keys, add_window
 
     p = sub.add_parser(
         "pull",
@@ -179,26 +179,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--api", help="the evidence API, e.g. https://audit-api.internal [env AUDIT_API_URL]"
     )
-    p.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
-    p.add_argument("--end", type=_date, required=True, help="last day, YYYY-MM-DD (included)")
+    add_window(p)
     p.add_argument("--out", default=".", help="folder for the package (default: here)")
     p.add_argument(
         "--token",
         help="read-only API token [env AUDIT_TOKEN; prefer it: arguments show in ps]",
     )
-    p.add_argument(
-        "--pubkey",
-        action="append",
-        default=[],
-        metavar="PEM",
-        help="the registered public key to verify against; repeatable",
-    )
-    p.add_argument(
-        "--key-fingerprint",
-        action="append",
-        default=[],
-        metavar="SHA256:HEX",
-        help="trust the package's key if it has this fingerprint; repeatable "
+    add_trusted_keys(
+        p,
+        pubkey_help="the registered public key to verify against; repeatable",
+        fingerprint_help="trust the package's key if it has this fingerprint; repeatable "
         "(or FLAGTRAIL_TRUSTED_KEYS)",
     )
     p.add_argument(

@@ -41,6 +41,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from flagtrail.options import add_trusted_keys
+
     p = sub.add_parser(
         "report",
         help="write an auditor's report of an export: one self-contained HTML file (and a PDF)",
@@ -51,19 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "key) after writing the report. --pdf prints it with Debian's headless chromium.",
     )
     p.add_argument("file", help="the export's JSONL file (the package's files beside it)")
-    p.add_argument(
-        "--pubkey",
-        action="append",
-        default=[],
-        metavar="PEM",
-        help="the registered public key (repeatable)",
-    )
-    p.add_argument(
-        "--key-fingerprint",
-        action="append",
-        default=[],
-        metavar="SHA256:HEX",
-        help="trust the package's key only if it has this fingerprint (repeatable)",
+    add_trusted_keys(
+        p,
+        pubkey_help="the registered public key (repeatable)",
+        fingerprint_help="trust the package's key only if it has this fingerprint (repeatable)",
     )
     p.add_argument("--out", required=True, help="where to write the HTML report")
     p.add_argument("--pdf", help="also print the report to this PDF (needs chromium)")

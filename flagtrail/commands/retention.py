@@ -6,14 +6,8 @@ import argparse
 import json
 
 
-def _days(text: str) -> int:
-    from flagtrail.cli import _positive
-
-    return _positive(text)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    from flagtrail.cli import _add_backends, _add_identities
+    from flagtrail.options import add_backends, add_identities, positive
 
     group = sub.add_parser(
         "retention",
@@ -28,18 +22,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--actor", help="who applies it (an operator role; not for --dry-run)")
     p.add_argument(
         "--outbox-days",
-        type=_days,
+        type=positive,
         help="relayed outbox rows kept [env FLAGTRAIL_OUTBOX_RETENTION_DAYS, default 30]",
     )
     p.add_argument(
         "--vault-days",
-        type=_days,
+        type=positive,
         help="days a subject stays resolvable after its last record "
         "[env FLAGTRAIL_VAULT_RETENTION_DAYS, default 730]",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    _add_identities(p)
-    _add_backends(p)
+    add_identities(p)
+    add_backends(p)
     p.set_defaults(func=cmd_apply)
 
 

@@ -9,28 +9,8 @@ from pathlib import Path
 from producers.errors import ConfigError
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"{text} is not a port number (1-65535)")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    from flagtrail.cli import _add_backends, _add_signing_key
+    from flagtrail.options import add_backends, add_signing_key, port, positive
 
     p = sub.add_parser(
         "serve",
@@ -43,27 +23,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--host", help="address to listen on [env FLAGTRAIL_API_HOST, default 127.0.0.1]"
     )
-    p.add_argument("--port", type=_port, help="port [env FLAGTRAIL_API_PORT, default 8080]")
+    p.add_argument("--port", type=port, help="port [env FLAGTRAIL_API_PORT, default 8080]")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (with --tls-key)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument(
         "--max-window-days",
-        type=_positive,
+        type=positive,
         help="longest window a caller may ask for [env FLAGTRAIL_API_MAX_WINDOW_DAYS, default 400]",
     )
     p.add_argument(
         "--rate-limit",
-        type=_positive,
+        type=positive,
         help="requests a minute per token [env FLAGTRAIL_API_RATE_LIMIT, default 120]",
     )
     p.add_argument(
         "--max-streams",
-        type=_positive,
+        type=positive,
         help="exports and packages streamed at once; more wait their turn "
         "[env FLAGTRAIL_API_MAX_STREAMS, default 8]",
     )
-    _add_signing_key(p, "packages from /v1/package")
-    _add_backends(p)
+    add_signing_key(p, "packages from /v1/package")
+    add_backends(p)
     p.set_defaults(func=cmd_serve)
 
 

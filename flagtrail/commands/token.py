@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from flagtrail.cli import _add_backends
+    from flagtrail.options import add_backends
 
     token = sub.add_parser("token", help="create, list and revoke evidence API tokens")
     actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -25,16 +25,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="export:read (pull evidence) or metrics:read; repeatable",
     )
     p.add_argument("--expires", default="90d", help="lifetime: 90d, 12h, 30m or never (90d)")
-    _add_backends(p, log=False)
+    add_backends(p, log=False)
     p.set_defaults(func=cmd_create)
 
     p = actions.add_parser("list", help="names, scopes, expiry and last use (never secrets)")
-    _add_backends(p, log=False)
+    add_backends(p, log=False)
     p.set_defaults(func=cmd_list)
 
     p = actions.add_parser("revoke", help="revoke a token at once (a running pull stops too)")
     p.add_argument("name")
-    _add_backends(p, log=False)
+    add_backends(p, log=False)
     p.set_defaults(func=cmd_revoke)
 
 

@@ -49,7 +49,8 @@ def key_id(name: str, public: bytes) -> int:
     return struct.unpack(">I", hashlib.sha256(name.encode() + b"\n" + public).digest()[:4])[0]
 
 
-def _b64decode(text: str, what: str) -> bytes:
+def decode_key_base64(text: str, what: str) -> bytes:
+    """The base64 part of a key's text (note and witness keys alike), or one sentence."""
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
@@ -96,7 +97,7 @@ def parse_vkey(text: str) -> Ed25519Verifier:
         stated = int(hex_id, 16)
     except ValueError as exc:
         raise ConfigError(f"note verifier key {name}: key ID {hex_id!r} is not hex") from exc
-    public = _b64decode(blob, f"note verifier key {name}")
+    public = decode_key_base64(blob, f"note verifier key {name}")
     if len(public) != 33 or public[0] != ALG_ED25519:
         raise ConfigError(f"note verifier key {name} is not an Ed25519 key (type 0x01, 32 bytes)")
     if key_id(name, public) != stated:
@@ -136,7 +137,7 @@ def parse_signer_key(text: str) -> Signer:
     if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"] or not valid_key_name(parts[2]):
         raise ConfigError("a note signer key looks like PRIVATE+KEY+name+<8 hex>+<base64>")
     name, hex_id, blob = parts[2:]
-    seed = _b64decode(blob, f"note signer key {name}")
+    seed = decode_key_base64(blob, f"note signer key {name}")
     if len(seed) != 33 or seed[0] != ALG_ED25519 or len(hex_id) != 8:
         raise ConfigError(f"note signer key {name} is not an Ed25519 key (type 0x01, 32 bytes)")
     private = Ed25519PrivateKey.from_private_bytes(seed[1:])

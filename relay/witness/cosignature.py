@@ -17,7 +17,6 @@ The note format itself (relay.proofs.note) checks the lines.
 from __future__ import annotations
 
 import base64
-import binascii
 import struct
 import time
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from producers.errors import ConfigError, EvidenceError
-from relay.proofs.note import Signature, key_id, split_note, valid_key_name
+from relay.proofs.note import Signature, decode_key_base64, key_id, split_note, valid_key_name
 
 ALG_COSIGNATURE_V1 = 0x04
 HEADER = b"cosignature/v1\n"
@@ -36,13 +35,6 @@ _MAX_TIME = (1 << 63) - 1
 
 def cosigned_message(checkpoint_text: bytes, timestamp: int) -> bytes:
     return HEADER + f"time {timestamp}\n".encode() + checkpoint_text
-
-
-def _decode(blob: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(blob.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise ConfigError(f"{what} is not valid base64") from None
 
 
 @dataclass(frozen=True)
@@ -107,7 +99,7 @@ def _split_key(text: str, private: bool) -> tuple[str, int, bytes]:
         stated = int(hex_id, 16)
     except ValueError:
         raise ConfigError(f"{what} {name}: key ID {hex_id!r} is not hex") from None
-    raw = _decode(blob, f"{what} {name}")
+    raw = decode_key_base64(blob, f"{what} {name}")
     if len(raw) != 33 or raw[0] != ALG_COSIGNATURE_V1:
         raise ConfigError(
             f"{what} {name} is not a cosignature/v1 Ed25519 key (type 0x04, 32 bytes)"

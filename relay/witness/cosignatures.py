@@ -12,58 +12,45 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text, inspect, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text, select
+from sqlalchemy.exc import IntegrityError
 
-from producers.errors import BackendUnavailable
-from producers.schema import COSIGNATURES_LOCK, create_tables
-from relay.proofs.checkpoint import parse_checkpoint, signed_time
-from relay.proofs.note import split_note
+from producers.schema import COSIGNATURES_LOCK
+from relay.checkpoint_rows import (
+    append_only_triggers,
+    key_columns,
+    note_key,
+    open_tables,
+)
 from relay.tree import TreeStore, checkpoints_table
 
 _metadata = MetaData()
 cosignatures_table = Table(
     "checkpoint_cosignatures",
     _metadata,
-    Column("chain_id", String(64), primary_key=True),
-    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
-    Column("signed_at", String(32), primary_key=True),
+    *key_columns(),
     Column("witness", String(255), primary_key=True),
     Column("line", Text, nullable=False),
     Column("received_at", BigInteger, nullable=False),
 )
-_SQLITE_APPEND_ONLY = [
-    f"CREATE TRIGGER IF NOT EXISTS checkpoint_cosignatures_refuses_{verb.lower()} "
-    f"BEFORE {verb} ON checkpoint_cosignatures BEGIN SELECT RAISE(ABORT, "
-    f"'flagtrail cosignatures are append-only: {verb} refused'); END"
-    for verb in ("UPDATE", "DELETE")
-]
-
-
-def _key(note: bytes) -> tuple[int, str]:
-    checkpoint = parse_checkpoint(split_note(note)[0])
-    return checkpoint.size, signed_time(checkpoint) or ""
+_SQLITE_APPEND_ONLY = append_only_triggers(("checkpoint_cosignatures",), "cosignatures are")
 
 
 class CosignatureStore:
     def __init__(self, engine: Engine, chain_id: str, *, read_only: bool = False) -> None:
         self.engine = engine
         self.chain_id = chain_id
-        try:
-            if read_only:
-                self.exists = "checkpoint_cosignatures" in inspect(engine).get_table_names()
-            else:
-                create_tables(engine, _metadata, COSIGNATURES_LOCK)
-                if engine.dialect.name == "sqlite":
-                    with engine.begin() as conn:
-                        for statement in _SQLITE_APPEND_ONLY:
-                            conn.exec_driver_sql(statement)
-                self.exists = True
-        except SQLAlchemyError as exc:
-            raise BackendUnavailable(f"the cosignature store cannot be opened: {exc}") from exc
+        self.exists = open_tables(
+            engine,
+            _metadata,
+            read_only=read_only,
+            what="cosignature store",
+            lock_id=COSIGNATURES_LOCK,
+            triggers=_SQLITE_APPEND_ONLY,
+        )
 
     def add(self, note: bytes, witness: str, line: str) -> None:
-        size, signed_at = _key(note)
+        size, signed_at = note_key(note)
         row = {
             "chain_id": self.chain_id,
             "tree_size": size,
@@ -81,7 +68,7 @@ class CosignatureStore:
     def lines(self, note: bytes) -> list[str]:
         if not self.exists:
             return []
-        size, signed_at = _key(note)
+        size, signed_at = note_key(note)
         c = cosignatures_table.c
         query = (
             select(c.line)
@@ -119,7 +106,7 @@ class CosignedTreeStore:
         attached = self._cosignatures.attach(note)
         if attached != note or not self._cosignatures.exists:
             return attached
-        size, _ = _key(note)
+        size, _ = note_key(note)
         c, w = checkpoints_table.c, cosignatures_table.c
         query = (
             select(c.note)

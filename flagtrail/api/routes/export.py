@@ -20,7 +20,7 @@ from flagtrail.api.context import ApiContext, context_of
 from flagtrail.api.params import Window, read_form, single_values, window
 from flagtrail.api.problems import bad_request, problem_responses
 from flagtrail.api.receipts import chain_receipt
-from flagtrail.api.streaming import CheckedStream, StreamAborted
+from flagtrail.api.streaming import CheckedStream, StreamAborted, build_in_slot
 from flagtrail.api.tokens import TokenInfo
 
 router = APIRouter()
@@ -109,17 +109,10 @@ class ExportPull:
 
 
 async def _export(request: Request, token: TokenInfo, pairs: list[tuple[str, str]]) -> Any:
-    from starlette.concurrency import run_in_threadpool
-
     ctx = context_of(request)
     win = window(single_values(pairs, PARAMETERS), ctx.config.max_window_days)
     slot = ctx.stream_slot()
-    await slot.__aenter__()
-    try:
-        pull = await run_in_threadpool(ExportPull, ctx, token, win)
-    except BaseException as exc:
-        await slot.__aexit__(type(exc), exc, exc.__traceback__)
-        raise
+    pull = await build_in_slot(slot, ExportPull, ctx, token, win)
     return CheckedStream(pull.chunks(), NDJSON, pull.end, slot=slot)
 
 

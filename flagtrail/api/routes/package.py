@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from starlette.concurrency import run_in_threadpool
 
 from flagtrail.api.auth import require
 from flagtrail.api.context import ApiContext, context_of
 from flagtrail.api.params import Window, single_values, window
 from flagtrail.api.problems import Problem, problem_responses
 from flagtrail.api.receipts import chain_receipt
-from flagtrail.api.streaming import CheckedStream
+from flagtrail.api.streaming import CheckedStream, build_in_slot
 from flagtrail.api.tokens import TokenInfo
 
 router = APIRouter()
@@ -113,12 +112,7 @@ async def package(
         ctx.config.max_window_days,
     )
     slot = ctx.stream_slot()
-    await slot.__aenter__()
-    try:
-        pull = await run_in_threadpool(PackagePull, ctx, token, win)
-    except BaseException as exc:
-        await slot.__aexit__(type(exc), exc, exc.__traceback__)
-        raise
+    pull = await build_in_slot(slot, PackagePull, ctx, token, win)
     return CheckedStream(
         pull.chunks(),
         TAR_GZ,

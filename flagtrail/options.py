@@ -1,0 +1,125 @@
+"""Argument types and option groups shared by cli.py and every flagtrail/commands module.
+
+One place, so that a port, a count or a trusted key is parsed and worded the same
+way by every command. Only the standard library here: every command imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import date
+from typing import Any
+
+from producers.errors import ConfigError
+
+
+def date_arg(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-01-31") from None
+
+
+def json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text[:200]!r}") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError("JSON nested too deeply to read") from None
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be zero or more seconds")
+    return value
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number (1-65535)")
+    return value
+
+
+def chain_id(text: str) -> str:
+    # a chain id becomes part of file names, topics and locks: refuse anything else
+    from relay.logs.base import check_chain_id
+
+    try:
+        return check_chain_id(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_backends(parser: argparse.ArgumentParser, outbox: bool = True, log: bool = True) -> None:
+    if outbox:
+        parser.add_argument(
+            "--outbox-url",
+            help="SQLAlchemy URL of the outbox database "
+            "[env FLAGTRAIL_OUTBOX_URL, default sqlite:///outbox.db]",
+        )
+    if log:
+        parser.add_argument(
+            "--log-url",
+            help="immutable log: sqlite:///log.db or "
+            "kafka://host:port/topic [env FLAGTRAIL_LOG_URL, default "
+            "sqlite:///log.db]",
+        )
+    parser.add_argument(
+        "--chain", type=chain_id, help="chain id [env FLAGTRAIL_CHAIN, default flag-audit]"
+    )
+
+
+def add_window(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start", type=date_arg, required=True, help="first day, YYYY-MM-DD")
+    parser.add_argument(
+        "--end", type=date_arg, required=True, help="last day, YYYY-MM-DD (included)"
+    )
+
+
+def add_signing_key(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--signing-key",
+        help=f"private key PEM that signs {what} "
+        "[env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
+    )
+
+
+def add_identities(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--identities", help="identity directory TOML [env FLAGTRAIL_IDENTITIES]")
+
+
+def add_trusted_keys(
+    parser: argparse.ArgumentParser, pubkey_help: str, fingerprint_help: str
+) -> None:
+    """--pubkey and --key-fingerprint, read by relay.trust.Trust.from_environment.
+
+    The help differs per command (what the key checks), the options do not.
+    """
+    parser.add_argument("--pubkey", action="append", default=[], metavar="PEM", help=pubkey_help)
+    parser.add_argument(
+        "--key-fingerprint",
+        action="append",
+        default=[],
+        metavar="SHA256:HEX",
+        help=fingerprint_help,
+    )
