@@ -189,19 +189,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from flagtrail.options import proof_keys
     from flagtrail.service import verify
-    from relay.stamping import trusted_tsa_certs
     from relay.verify import render
-    from relay.verify_proofs import load_note_keys
-    from relay.witness.package import load_witness_keys
 
-    witness_keys = [] if args.chain_only else load_witness_keys(args.witness_key)
-    min_witnesses = (
-        args.min_witnesses if args.min_witnesses is not None else (1 if witness_keys else 0)
-    )
-    note_keys = load_note_keys(
-        args.note_key or [k for k in [os.environ.get("FLAGTRAIL_NOTE_KEYS")] if k]
-    )
     report = verify(
         Path(args.file),
         [Path(p) for p in args.pubkey],
@@ -210,10 +201,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         anchor=args.anchor,
         workers=args.workers,
         previous=Path(args.previous) if args.previous else None,
-        tsa_certs=() if args.chain_only else trusted_tsa_certs(args.tsa_cert),
-        witness_keys=witness_keys,
-        min_witnesses=min_witnesses,
-        note_keys=note_keys,
+        **proof_keys(args, checked=not args.chain_only),
     )
     print(render(report))
     return report.exit_code
@@ -539,39 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OLD.manifest.json",
         help="the previous export's manifest: check that this export continues its chain",
     )
-    p.add_argument(
-        "--witness-key",
-        action="append",
-        default=[],
-        metavar="VKEY",
-        help="a trusted witness's cosignature key (name+hash+base64, as `flagtrail witness "
-        "keygen` wrote it), or a file of them; repeatable [env FLAGTRAIL_WITNESS_KEYS]",
-    )
-    p.add_argument(
-        "--min-witnesses",
-        type=int,
-        metavar="N",
-        help="how many of the --witness-key witnesses must have cosigned the package's "
-        "checkpoint (default 1 when a witness key is given)",
-    )
-    p.add_argument(
-        "--tsa-cert",
-        action="append",
-        default=[],
-        metavar="PEM",
-        help="a trusted TSA (or TSA CA) certificate: the manifest's RFC 3161 token must "
-        "chain to one, and a package without a token fails; repeatable "
-        "[env FLAGTRAIL_TSA_CERTS, paths separated by ':']",
-    )
-    p.add_argument(
-        "--note-key",
-        action="append",
-        default=[],
-        metavar="VKEY",
-        help="the log's checkpoint verifier key (name+hash+base64, as `flagtrail keygen "
-        "--type note` wrote it), or a file of them; repeatable [env FLAGTRAIL_NOTE_KEYS]. "
-        "Then the package's Merkle checkpoint must be signed by it and its proofs hold",
-    )
+    options.add_proof_keys(p)
     p.add_argument(
         "--chain-only",
         action="store_true",

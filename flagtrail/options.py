@@ -123,3 +123,62 @@ def add_trusted_keys(
         metavar="SHA256:HEX",
         help=fingerprint_help,
     )
+
+
+def add_proof_keys(parser: argparse.ArgumentParser) -> None:
+    """What beyond the signer a package must prove (verify, pull): the log's note keys,
+    witnesses' keys and how many must have cosigned, trusted TSA certificates."""
+    parser.add_argument(
+        "--witness-key",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a trusted witness's cosignature key (name+hash+base64, as `flagtrail witness "
+        "keygen` wrote it), or a file of them; repeatable [env FLAGTRAIL_WITNESS_KEYS]",
+    )
+    parser.add_argument(
+        "--min-witnesses",
+        type=int,
+        metavar="N",
+        help="how many of the --witness-key witnesses must have cosigned the package's "
+        "checkpoint (default 1 when a witness key is given)",
+    )
+    parser.add_argument(
+        "--tsa-cert",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="a trusted TSA (or TSA CA) certificate: the manifest's RFC 3161 token must "
+        "chain to one, and a package without a token fails; repeatable "
+        "[env FLAGTRAIL_TSA_CERTS, paths separated by ':']",
+    )
+    parser.add_argument(
+        "--note-key",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="the log's checkpoint verifier key (name+hash+base64, as `flagtrail keygen "
+        "--type note` wrote it), or a file of them; repeatable [env FLAGTRAIL_NOTE_KEYS]. "
+        "Then the package's Merkle checkpoint must be signed by it and its proofs hold",
+    )
+
+
+def proof_keys(args: argparse.Namespace, checked: bool = True) -> dict[str, Any]:
+    """verify_export's keyword arguments from add_proof_keys's options (and their
+    environment variables); nothing when ``checked`` is false (--chain-only)."""
+    import os
+
+    from relay.stamping import trusted_tsa_certs
+    from relay.verify_proofs import load_note_keys
+    from relay.witness.package import load_witness_keys
+
+    witness_keys = load_witness_keys(args.witness_key) if checked else []
+    minimum = args.min_witnesses if args.min_witnesses is not None else (1 if witness_keys else 0)
+    return {
+        "tsa_certs": trusted_tsa_certs(args.tsa_cert) if checked else (),
+        "witness_keys": witness_keys,
+        "min_witnesses": minimum,
+        "note_keys": load_note_keys(
+            args.note_key or [k for k in [os.environ.get("FLAGTRAIL_NOTE_KEYS")] if k]
+        ),
+    }

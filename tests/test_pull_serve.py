@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.witness.cosignature import generate_witness_key
 from tests.conftest import run_cli
 from tests.serve_tls import chain_env, create_token, serve_available, serve_https
 from tests.test_cli import RECORD
@@ -84,3 +85,53 @@ def test_pull_with_a_refused_token_exits_7_in_one_sentence(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "answered 401" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def proven_chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A chain whose relay signs Merkle checkpoints: /v1/package carries proofs."""
+    from producers.identity import SAMPLE_DIRECTORY
+
+    root = tmp_path_factory.mktemp("proven")
+    (root / "identities.toml").write_text(SAMPLE_DIRECTORY)
+    env = proven_env(root)
+    for command in (
+        ["keygen", "--out", "keys"],
+        ["keygen", "--type", "note", "--name", "log.example", "--out", "keys"],
+        ["keygen", "--type", "note", "--name", "log.example", "--out", "other"],
+        [*RECORD, "--approver", "bob@example.com"],
+        ["relay", "--once"],
+    ):
+        done = run_cli(*command, cwd=root, env=env)
+        assert done.returncode == 0, done.stderr
+    return root
+
+
+def proven_env(root: Path) -> dict[str, str]:
+    return {
+        **chain_env(root),
+        "FLAGTRAIL_NOTE_KEY_PATH": str(root / "keys/note-private.key"),
+        "FLAGTRAIL_PSEUDONYM_KEY_PATH": str(root / "pseudonym.key"),
+        "FLAGTRAIL_VAULT_KEY_PATH": str(root / "vault.key"),
+    }
+
+
+def test_pull_checks_the_packages_proofs_with_the_keys_it_is_given(
+    proven_chain: Path, ca: TestCA, tmp_path: Path
+) -> None:
+    """pull took no note, witness or TSA keys: a package's Merkle proofs were never
+    checked against the log's key and witnesses could not be required."""
+    root = proven_chain
+    token = create_token(root, "prover")
+    _, witness_key = generate_witness_key("witness.example")  # a witness that never cosigned
+    with serve_https(root, ca) as server:
+        right = pull(server.url, tmp_path / "right", root, token, ca,
+                     "--note-key", str(root / "keys/note-public.vkey"))  # fmt: skip
+        wrong = pull(server.url, tmp_path / "wrong", root, token, ca,
+                     "--note-key", str(root / "other/note-public.vkey"))  # fmt: skip
+        unwitnessed = pull(server.url, tmp_path / "unwitnessed", root, token, ca,
+                           "--witness-key", witness_key, "--min-witnesses", "1")  # fmt: skip
+    assert right.returncode == 0, right.stdout + right.stderr
+    assert "signed by a trusted note key" in right.stdout
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert unwitnessed.returncode == 1, unwitnessed.stdout + unwitnessed.stderr

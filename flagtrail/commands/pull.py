@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # heavy imports stay inside the command (see flagtrail/commands)
     from relay.trust import Trust
@@ -65,6 +65,7 @@ def _byte_count(text: str) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from flagtrail.client import api_base, fetch_package
+    from flagtrail.options import proof_keys
     from producers.errors import ConfigError, FlagtrailError
     from relay.manifest import window_stem
     from relay.trust import Trust
@@ -82,6 +83,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise ConfigError(f"--start {args.start} is after --end {args.end}")
     # the registered key is required up front: an unverified package is not evidence
     trust = Trust.from_environment([Path(p) for p in args.pubkey], args.key_fingerprint)
+    proofs = proof_keys(args)  # bad key text fails here, before anything is downloaded
     if trust.empty:
         raise ConfigError(
             "no registered key to verify against: pass --pubkey PEM, --key-fingerprint "
@@ -117,7 +119,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     progress.done(f"pulled {download.size:,} bytes, {unpacked.records:,} records")
     previous = Path(args.previous) if args.previous else None
     try:
-        report = _check(unpacked, trust, previous, args.max_age)
+        report = _check(unpacked, trust, previous, args.max_age, proofs)
     except FlagtrailError as exc:
         aside = _set_aside(unpacked, archive, stem)
         raise type(exc)(f"{exc}; the package is set aside in {aside}") from None
@@ -130,14 +132,22 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def _check(unpacked: Unpacked, trust: Trust, previous: Path | None, max_age: float) -> VerifyReport:
+def _check(
+    unpacked: Unpacked,
+    trust: Trust,
+    previous: Path | None,
+    max_age: float,
+    proofs: dict[str, Any],
+) -> VerifyReport:
     from relay.pulled_package import check_continues, check_fresh
     from relay.verify import verify_export
 
     # a package that names its previous export is checked by verify, link records and
     # all; one the API built without it, by the chain itself (relay/pulled_package.py)
     linked = previous is not None and _names_previous(unpacked.paths.manifest)
-    report = verify_export(unpacked.paths.jsonl, trust=trust, previous=previous if linked else None)
+    report = verify_export(
+        unpacked.paths.jsonl, trust=trust, previous=previous if linked else None, **proofs
+    )
     if report.ok and max_age:
         report.notes.append(f"Freshness: {check_fresh(unpacked.paths, max_age)}")
     if previous is not None and not linked and report.ok:
@@ -162,7 +172,7 @@ def _names_previous(manifest: Path) -> bool:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from flagtrail.options import add_trusted_keys, add_window
+    from flagtrail.options import add_proof_keys, add_trusted_keys, add_window
 
     p = sub.add_parser(
         "pull",
@@ -191,6 +201,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         fingerprint_help="trust the package's key if it has this fingerprint; repeatable "
         "(or FLAGTRAIL_TRUSTED_KEYS)",
     )
+    add_proof_keys(p)
     p.add_argument(
         "--previous",
         metavar="OLD.manifest.json",
