@@ -457,3 +457,16 @@ def test_install_refuses_a_database_that_is_not_postgresql(workdir: Path) -> Non
     )  # fmt: skip
     assert done.returncode == 2 and "PostgreSQL" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "bad", [["--lookback", "nan"], ["--lookback", "1e300"], ["--interval", "nan"]]
+)
+def test_follow_refuses_an_impossible_period_in_one_sentence(bad: list[str], workdir: Path) -> None:
+    """NaN passed `<= 0` and 1e300 overflowed timedelta: both ended in a traceback."""
+    done = run_cli(
+        "sources", "unleash", "follow", "--url", "http://127.0.0.1:9", "--token", "t",
+        "--once", *bad,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and bad[0] in done.stderr.strip().splitlines()[-1]

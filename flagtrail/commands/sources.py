@@ -6,7 +6,11 @@ import argparse
 import os
 import signal
 
+from flagtrail.options import add_backends, positive, seconds
 from producers.errors import ConfigError
+
+# a late-committing Unleash transaction is seconds behind, not days: a day is plenty
+MAX_LOOKBACK_S = 86_400
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,13 +47,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--url", required=True, help="Unleash's base URL, e.g. http://unleash:4242")
     p.add_argument("--token", help="admin API token [env FLAGTRAIL_UNLEASH_TOKEN]")
-    p.add_argument("--outbox-url", help="outbox database [env FLAGTRAIL_OUTBOX_URL]")
-    p.add_argument("--chain", help="chain id [env FLAGTRAIL_CHAIN, default flag-audit]")
+    add_backends(p, log=False)
     p.add_argument("--name", default="unleash", help="cursor name (one per Unleash instance)")
     p.add_argument("--once", action="store_true", help="record what is there and exit")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
-    p.add_argument("--lookback", type=float, default=30.0, help="seconds re-read behind the cursor")
-    p.add_argument("--chunk", type=int, default=1000, help="events per outbox transaction")
+    p.add_argument("--interval", type=seconds, default=2.0, help="seconds between polls")
+    p.add_argument(
+        "--lookback",
+        type=seconds,
+        default=30.0,
+        help=f"seconds re-read behind the cursor (at most {MAX_LOOKBACK_S:,})",
+    )
+    p.add_argument("--chunk", type=positive, default=1000, help="events per outbox transaction")
     p.set_defaults(func=cmd_follow)
 
 
@@ -108,8 +116,10 @@ def cmd_follow(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("FLAGTRAIL_UNLEASH_TOKEN")
     if not token:
         raise ConfigError("give Unleash's admin API token: --token or FLAGTRAIL_UNLEASH_TOKEN")
-    if args.chunk < 1 or args.interval <= 0 or args.lookback < 0:
-        raise ConfigError("--chunk and --interval must be positive, --lookback not negative")
+    if args.interval <= 0 or args.lookback > MAX_LOOKBACK_S:
+        raise ConfigError(
+            f"--interval must be more than 0 seconds, --lookback at most {MAX_LOOKBACK_S:,}"
+        )
     follower = UnleashFollower(
         settings.make_engine(settings.outbox_url(args.outbox_url)),
         http_fetch(args.url, token),
