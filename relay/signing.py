@@ -24,13 +24,6 @@ def generate_keypair(
     out_dir: Path, kind: str = "rsa", overwrite: bool = False
 ) -> tuple[Path, Path]:
     """Write audit-private.pem (mode 0600) and audit-public.pem into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    private_path, public_path = out_dir / PRIVATE_KEY_FILE, out_dir / PUBLIC_KEY_FILE
-    if not overwrite and (private_path.exists() or public_path.exists()):
-        raise ConfigError(
-            f"{private_path} or {public_path} already exists; "
-            "move it away or pass --force to replace the key pair"
-        )
     if kind == "rsa":
         key: PrivateKey = rsa.generate_private_key(public_exponent=65537, key_size=3072)
     elif kind == "ec":
@@ -40,8 +33,34 @@ def generate_keypair(
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    write_private_file(private_path, pem)
-    public_path.write_bytes(public_pem(key.public_key()))
+    return write_key_pair(
+        out_dir / PRIVATE_KEY_FILE,
+        pem,
+        out_dir / PUBLIC_KEY_FILE,
+        public_pem(key.public_key()),
+        overwrite,
+        "key pair",
+    )
+
+
+def write_key_pair(
+    private_path: Path,
+    private: bytes,
+    public_path: Path,
+    public: bytes,
+    overwrite: bool,
+    what: str,
+) -> tuple[Path, Path]:
+    """Write a key pair's files: the private one 0600; neither replaced without
+    ``overwrite`` (a key made again orphans everything the old one signed)."""
+    if not overwrite and (private_path.exists() or public_path.exists()):
+        raise ConfigError(
+            f"{private_path} or {public_path} already exists; "
+            f"move it away or pass --force to replace the {what}"
+        )
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    write_private_file(private_path, private)
+    public_path.write_bytes(public)
     return private_path, public_path
 
 

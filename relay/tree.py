@@ -75,7 +75,7 @@ from relay.proofs.note import (
     sign_note,
     split_note,
 )
-from relay.signing import write_private_file
+from relay.signing import write_key_pair
 
 log = structlog.get_logger("flagtrail.tree")
 
@@ -486,16 +486,14 @@ NOTE_PUBLIC_KEY_FILE = "note-public.vkey"
 def generate_note_key(out_dir: Path, name: str, overwrite: bool = False) -> tuple[Path, Path]:
     """Write note-private.key (mode 0600) and note-public.vkey, in Go's note key text."""
     skey, vkey = generate_signer_key(name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    private_path, public_path = out_dir / NOTE_PRIVATE_KEY_FILE, out_dir / NOTE_PUBLIC_KEY_FILE
-    if not overwrite and (private_path.exists() or public_path.exists()):
-        raise ConfigError(
-            f"{private_path} or {public_path} already exists; "
-            "move it away or pass --force to replace the note key"
-        )
-    write_private_file(private_path, (skey + "\n").encode())
-    public_path.write_text(vkey + "\n")
-    return private_path, public_path
+    return write_key_pair(
+        out_dir / NOTE_PRIVATE_KEY_FILE,
+        (skey + "\n").encode(),
+        out_dir / NOTE_PUBLIC_KEY_FILE,
+        (vkey + "\n").encode(),
+        overwrite,
+        "note key",
+    )
 
 
 def check_against_log(audit_log: AuditLog, store: TreeStore) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from producers.errors import ConfigError
 from relay.proofs.note import Ed25519Verifier, parse_vkey
-from relay.signing import write_private_file
+from relay.signing import write_key_pair
 from relay.witness.cosignature import Cosigner, generate_witness_key, parse_witness_skey
 
 WITNESS_KEY_FILE = "witness.key"
@@ -19,13 +19,14 @@ def generate_key_files(out_dir: Path, name: str, overwrite: bool = False) -> tup
     skey, vkey = generate_witness_key(name)
     private, public = out_dir / WITNESS_KEY_FILE, out_dir / WITNESS_VKEY_FILE
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not overwrite and (private.exists() or public.exists()):
-            raise ConfigError(
-                f"{private} already exists: a witness keeps its key (--force replaces)"
-            )
-        write_private_file(private, (skey + "\n").encode())
-        public.write_text(vkey + "\n")
+        write_key_pair(
+            private,
+            (skey + "\n").encode(),
+            public,
+            (vkey + "\n").encode(),
+            overwrite,
+            "witness key",
+        )
     except OSError as exc:
         raise ConfigError(f"cannot write the witness key in {out_dir}: {exc.strerror}") from None
     return private, vkey
