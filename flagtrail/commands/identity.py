@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from flagtrail.options import add_backends, add_identities
+    from flagtrail.options import add_backends, add_identities, add_signing_key
 
     group = sub.add_parser(
         "identity",
@@ -44,10 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", metavar="EXPORT", help="the export's JSONL")
     p.add_argument("--actor", required=True, help="who asks (an operator role)")
     p.add_argument("--out", help="sidecar file (default beside the export)")
-    p.add_argument(
-        "--signing-key",
-        help="private key PEM [env AUDIT_SIGNING_KEY_PATH, default audit-private.pem]",
-    )
+    add_signing_key(p, "the sidecar")
     add_identities(p)
     add_backends(p, log=False)
     p.set_defaults(func=cmd_sidecar)
