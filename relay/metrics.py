@@ -26,6 +26,7 @@ from relay.gaps import DEFAULT_CLOCK_SKEW_TOLERANCE_S, DEFAULT_LAG_THRESHOLD_S
 from relay.outbox.base import Backlog
 from relay.relay import BatchResult, ChainHead, RelayObserver
 from relay.statements import CheckedGapFinder
+from relay.summary import finding_controls
 from relay.trust import Trust
 
 ACTIONS = FLAG_ACTIONS | META_ACTIONS
@@ -195,12 +196,10 @@ class RelayMetrics(RelayObserver):
             ).inc()
             recorded = parse_timestamp(record["recorded_at"]).timestamp()
             self.commit_to_log.observe(max(0.0, result.appended_at - recorded))
-            findings = record.get("policy_findings")
-            if findings and isinstance(findings, list):
+            if record.get("policy_findings"):  # counted as the summary counts them
                 source = record.get("source")
                 platform = source.get("platform") if isinstance(source, dict) else None
-                for finding in findings:
-                    control = finding.get("control") if isinstance(finding, dict) else None
+                for control in finding_controls(record):
                     self.exceptions.labels(
                         _bounded(platform, SOURCES), _bounded(control, CONTROLS)
                     ).inc()
