@@ -23,9 +23,12 @@ class ApiConfig:
     rate_per_minute: int = 120
     rate_burst: int | None = None
     chunk_bytes: int = 256 * 1024
-    # streams open at once; more wait their turn. Each holds a log reader whose sort of
-    # the window (SQLite orders it by sequence) costs ~10 MB for a busy week
+    # streams open at once, across all workers; more wait their turn. Each holds a log
+    # reader whose sort of the window (SQLite orders it by sequence) costs ~10 MB for a
+    # busy week
     max_streams: int = 8
+    # processes serving the one socket: one Python process answers on one core
+    workers: int = 1
     # how often a stream re-reads its token: a revoked token stops a long pull
     token_recheck_s: float = 1.0
     package_tmp: Path | None = None  # where /v1/package builds its archive (default: TMPDIR)

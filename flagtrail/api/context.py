@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -34,15 +35,18 @@ class ApiContext:
 
     @asynccontextmanager
     async def stream_slot(self) -> AsyncIterator[None]:
-        """Wait for one of ``max_streams`` slots: memory stays bounded however many pull."""
+        """Wait for one of this worker's share of ``max_streams``: memory stays bounded
+        however many pull."""
         if self._slots is None:  # made in the event loop that serves
-            self._slots = asyncio.Semaphore(self.config.max_streams)
+            share = math.ceil(self.config.max_streams / self.config.workers)
+            self._slots = asyncio.Semaphore(share)
         async with self._slots:
             yield
 
     @classmethod
-    def build(cls, config: ApiConfig) -> ApiContext:
-        """Everything made once, at start-up (the outbox schema too: never in a race)."""
+    def build(cls, config: ApiConfig, limiter: RateLimiter | None = None) -> ApiContext:
+        """Everything made once, at start-up (the outbox schema too: never in a race).
+        Workers of one server pass the ``limiter`` they share."""
         from flagtrail.settings import make_engine
         from producers.outbox import Outbox
 
@@ -53,7 +57,7 @@ class ApiContext:
             config,
             engine,
             TokenStore(engine),
-            RateLimiter(config.rate_per_minute, config.rate_burst),
+            limiter or RateLimiter(config.rate_per_minute, config.rate_burst),
             ApiMetrics(),
             outbox,
             ReceiptWriter(outbox),

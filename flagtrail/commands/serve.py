@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="exports and packages streamed at once; more wait their turn "
         "[env FLAGTRAIL_API_MAX_STREAMS, default 8]",
     )
+    p.add_argument(
+        "--workers",
+        type=positive,
+        help="processes answering on the one port; one process uses one core, so set it "
+        "to the cores you give the API. Rate limits and /metrics are shared by all "
+        "[env FLAGTRAIL_API_WORKERS, default 1]",
+    )
     add_signing_key(p, "packages from /v1/package")
     add_backends(p)
     p.set_defaults(func=cmd_serve)
@@ -80,6 +87,7 @@ def api_config(args: argparse.Namespace):  # -> ApiConfig
         max_window_days=_env_int("FLAGTRAIL_API_MAX_WINDOW_DAYS", args.max_window_days, 400),
         rate_per_minute=_env_int("FLAGTRAIL_API_RATE_LIMIT", args.rate_limit, 120),
         max_streams=_env_int("FLAGTRAIL_API_MAX_STREAMS", args.max_streams, 8),
+        workers=_env_int("FLAGTRAIL_API_WORKERS", args.workers, 1),
     )
 
 
@@ -122,27 +130,32 @@ def _listen(host: str, port: int):  # -> socket.socket
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from flagtrail.api.app import create_app
-
     config = api_config(args)
     _check_ready(config)
-    app = create_app(config)
     sock = _listen(config.host, config.port)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
-            ssl_keyfile=str(config.tls_key) if config.tls_key else None,
-            access_log=False,  # ours (flagtrail.api.app.AccessLog) never logs query strings
-            log_config=None,
-            server_header=False,
-            lifespan="off",
-        )
-    )
+    options = {
+        "ssl_certfile": str(config.tls_cert) if config.tls_cert else None,
+        "ssl_keyfile": str(config.tls_key) if config.tls_key else None,
+        "access_log": False,  # ours (flagtrail.api.app.AccessLog) never logs query strings
+        "log_config": None,
+        "server_header": False,
+        "lifespan": "off",
+    }
+    app = None
+    if config.workers == 1:  # built before the banner: a failure to build is not "serving"
+        from flagtrail.api.app import create_app
+
+        app = create_app(config)
     print(
         f"serving the evidence API on {'https' if config.tls_cert else 'http'}://"
-        f"{config.host}:{config.port} (chain {config.settings.chain_id})",
+        f"{config.host}:{config.port} (chain {config.settings.chain_id}, "
+        f"{config.workers} worker{'s' if config.workers > 1 else ''})",
         flush=True,
     )
-    server.run(sockets=[sock])
+    if app is None:
+        from flagtrail.api.workers import run_workers
+
+        run_workers(config, sock, options, args.log_format, args.log_level)
+    else:
+        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
     return 0
