@@ -96,3 +96,32 @@ def test_a_chunk_that_fails_its_check_ends_the_stream_unfinished() -> None:
     got = bodies(run(CheckedStream(chunks(), "text/plain", ends)))
     assert all(more for _, more in got)
     assert ends.calls == [(False, False)]
+
+
+def test_a_pull_read_ahead_is_chained_once_even_if_its_client_has_left() -> None:
+    """A one-chunk pull is read and chained while it is opened; a client gone by the
+    time the response starts must not add a second, unfinished receipt."""
+    ends = Ends()
+    stream = CheckedStream(iter([b"all of it"]), "text/plain", ends)
+    stream.read_ahead()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        await asyncio.sleep(0)
+
+    asyncio.run(stream({"type": "http"}, receive, send))
+    assert ends.calls == [(True, False)]
+
+
+def test_a_failure_found_while_reading_ahead_ends_the_stream_unfinished() -> None:
+    def chunks() -> Iterator[bytes]:
+        raise ValueError("record 1 fails its hash")
+        yield b""  # pragma: no cover
+
+    ends = Ends()
+    stream = CheckedStream(chunks(), "text/plain", ends)
+    stream.read_ahead()
+    assert bodies(run(stream)) == []
+    assert ends.calls == [(False, False)]

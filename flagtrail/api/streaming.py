@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
-from typing import TypeVar
+from typing import Protocol
 
 import anyio
 import structlog
@@ -19,20 +19,41 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 log = structlog.get_logger("flagtrail.api")
-T = TypeVar("T")
 
 
-async def build_in_slot(
-    slot: AbstractAsyncContextManager[None], build: Callable[..., T], *args: object
-) -> T:
-    """Take a stream slot, then build the pull in a thread. The slot is given back at
-    once if building fails; otherwise the CheckedStream given it gives it back at the end."""
+class Pull(Protocol):
+    """One pull of evidence: what it streams, and what it chains when it ends."""
+
+    media_type: str
+    headers: dict[str, str] | None
+
+    def chunks(self) -> Iterator[bytes]: ...
+
+    def end(self, complete: bool, client_left: bool) -> None: ...
+
+
+async def stream_pull(
+    slot: AbstractAsyncContextManager[None], build: Callable[..., Pull], *args: object
+) -> CheckedStream:
+    """Take a stream slot, then, in one thread hop, build the pull and read its first
+    chunk ahead (a pull that fits one chunk is then read and chained: two hops in all,
+    with the token check). The slot is given back at once if building fails; otherwise
+    the stream holds it until it ends. Thread hops are what a small pull costs most."""
     await slot.__aenter__()
     try:
-        return await run_in_threadpool(build, *args)
+        return await run_in_threadpool(_open, slot, build, args)
     except BaseException as exc:
         await slot.__aexit__(type(exc), exc, exc.__traceback__)
         raise
+
+
+def _open(
+    slot: AbstractAsyncContextManager[None], build: Callable[..., Pull], args: tuple[object, ...]
+) -> CheckedStream:
+    pull = build(*args)
+    stream = CheckedStream(pull.chunks(), pull.media_type, pull.end, pull.headers, slot)
+    stream.read_ahead()
+    return stream
 
 
 class StreamAborted(Exception):
@@ -66,6 +87,16 @@ class CheckedStream(Response):
         self.on_end = on_end
         self.slot = slot  # held until the stream ends (taken before the source was opened)
         self._ahead: bytes | None = None  # the chunk read ahead of the one being sent
+        self._first: tuple[bytes, bool] | Exception | None = None  # see read_ahead
+        self._chained = False  # the receipt of a complete pull is in: never chain a second
+
+    def read_ahead(self) -> None:
+        """Take the first step now, in the thread that opened the source; its result (or
+        its failure, which then ends the stream as any later failure would) is sent first."""
+        try:
+            self._first = self._advance()
+        except Exception as exc:
+            self._first = exc
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -93,7 +124,7 @@ class CheckedStream(Response):
                 finally:
                     group.cancel_scope.cancel()
         finally:
-            if not complete:  # shielded: an unfinished pull is chained even on shutdown
+            if not complete and not self._chained:  # shielded: chained even on shutdown
                 with anyio.CancelScope(shield=True):
                     await self._end(False, left.is_set())
         # not complete: return without the final chunk; the server closes the connection
@@ -102,7 +133,7 @@ class CheckedStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         while not left.is_set():
             try:
-                chunk, last = await run_in_threadpool(self._advance)
+                chunk, last = await self._step()
             except ReceiptFailed as exc:
                 log.error("api.receipt_failed", reason=str(exc.__cause__), kind=exc.kind)
                 return False
@@ -113,6 +144,12 @@ class CheckedStream(Response):
             if last:
                 return True
         return False
+
+    async def _step(self) -> tuple[bytes, bool]:
+        first, self._first = self._first, None
+        if isinstance(first, Exception):
+            raise first
+        return first or await run_in_threadpool(self._advance)
 
     def _advance(self) -> tuple[bytes, bool]:
         """The next chunk and whether it is the last, reading one chunk ahead: a stream
@@ -127,6 +164,7 @@ class CheckedStream(Response):
             self.on_end(True, False)
         except Exception as exc:
             raise ReceiptFailed(type(exc).__name__) from exc
+        self._chained = True
         return chunk or b"", True
 
     async def _end(self, complete: bool, client_left: bool) -> bool:

@@ -20,7 +20,7 @@ from flagtrail.api.context import ApiContext, context_of
 from flagtrail.api.params import Window, read_form, single_values, window
 from flagtrail.api.problems import bad_request, problem_responses
 from flagtrail.api.receipts import chain_receipt
-from flagtrail.api.streaming import CheckedStream, StreamAborted, build_in_slot
+from flagtrail.api.streaming import StreamAborted, stream_pull
 from flagtrail.api.tokens import TokenInfo
 
 router = APIRouter()
@@ -60,6 +60,9 @@ FORM_BODY = {
 
 class ExportPull:
     """One pull: the open log, the checked stream, and its receipt at the end."""
+
+    media_type = NDJSON
+    headers = None
 
     def __init__(self, ctx: ApiContext, token: TokenInfo, win: Window) -> None:
         from flagtrail.service import open_audit_log
@@ -111,9 +114,7 @@ class ExportPull:
 async def _export(request: Request, token: TokenInfo, pairs: list[tuple[str, str]]) -> Any:
     ctx = context_of(request)
     win = window(single_values(pairs, PARAMETERS), ctx.config.max_window_days)
-    slot = ctx.stream_slot()
-    pull = await build_in_slot(slot, ExportPull, ctx, token, win)
-    return CheckedStream(pull.chunks(), NDJSON, pull.end, slot=slot)
+    return await stream_pull(ctx.stream_slot(), ExportPull, ctx, token, win)
 
 
 @router.get(ROUTE, tags=["evidence"], summary="the window's export JSONL", responses=RESPONSES)

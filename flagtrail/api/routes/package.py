@@ -18,7 +18,7 @@ from flagtrail.api.context import ApiContext, context_of
 from flagtrail.api.params import Window, single_values, window
 from flagtrail.api.problems import Problem, problem_responses
 from flagtrail.api.receipts import chain_receipt
-from flagtrail.api.streaming import CheckedStream, build_in_slot
+from flagtrail.api.streaming import stream_pull
 from flagtrail.api.tokens import TokenInfo
 
 router = APIRouter()
@@ -30,6 +30,9 @@ READ_CHUNK = 256 * 1024
 
 class PackagePull:
     """Build the package in a private temporary folder, archive it, stream it, delete it."""
+
+    media_type = TAR_GZ
+    headers: dict[str, str]  # names the archive: set once it is built
 
     def __init__(self, ctx: ApiContext, token: TokenInfo, win: Window) -> None:
         from flagtrail.service import export
@@ -51,6 +54,7 @@ class PackagePull:
                 s, win.start, win.end, self.folder / "package", win.controls
             )
             self.name = paths.jsonl.name.removesuffix(".jsonl") + ".tar.gz"
+            self.headers = {"Content-Disposition": f'attachment; filename="{self.name}"'}
             self.archive = self.folder / self.name
             with tarfile.open(self.archive, "w:gz", compresslevel=6) as tar:
                 for member in sorted((self.folder / "package").iterdir()):
@@ -111,12 +115,4 @@ async def package(
         single_values(request.query_params.multi_items(), {"start", "end", "controls"}),
         ctx.config.max_window_days,
     )
-    slot = ctx.stream_slot()
-    pull = await build_in_slot(slot, PackagePull, ctx, token, win)
-    return CheckedStream(
-        pull.chunks(),
-        TAR_GZ,
-        pull.end,
-        headers={"Content-Disposition": f'attachment; filename="{pull.name}"'},
-        slot=slot,
-    )
+    return await stream_pull(ctx.stream_slot(), PackagePull, ctx, token, win)
