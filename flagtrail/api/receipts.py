@@ -4,11 +4,16 @@ Receipts go through the outbox like any event (the relay chains them). Concurren
 pulls share one transaction (group commit): one fsync for all of them instead of
 one each, so twenty clients do not queue behind each other's disk flushes. A pull
 waits for its own receipt to commit before its stream completes.
+
+A round is committed by a pull whose receipt is waiting and that finds no round
+running (the leader), in its own thread; pulls arriving meanwhile queue theirs for the
+next round, which one of them leads. No writer thread: a hand-off between threads is
+what a small pull costs most in CPython, and no pull commits more than one round of
+others' receipts while its own is in.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -20,29 +25,38 @@ if TYPE_CHECKING:
     from producers.outbox import Outbox
 
 MAX_GROUP = 256
+WAIT_S = 120
 _Item = tuple[str, str, dict[str, Any], "Future[str]"]
 
 
 class ReceiptWriter:
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
-        self._queue: queue.Queue[_Item] = queue.Queue()
-        threading.Thread(target=self._run, name="flagtrail-receipts", daemon=True).start()
+        self._changed = threading.Condition()  # guards the two below; notified per round
+        self._pending: list[_Item] = []
+        self._leading = False  # a round is being committed
 
     def write(self, token: str, route: str, details: dict[str, Any]) -> str:
         """Chain a receipt; returns its event id once committed (raises if it could not be)."""
         done: Future[str] = Future()
-        self._queue.put((token, route, details, done))
-        return done.result(timeout=120)
-
-    def _run(self) -> None:
-        while True:
-            group = [self._queue.get()]
-            while len(group) < MAX_GROUP:
-                try:
-                    group.append(self._queue.get_nowait())
-                except queue.Empty:
+        with self._changed:
+            self._pending.append((token, route, details, done))
+        while not done.done():
+            with self._changed:
+                while self._leading and not done.done():
+                    if not self._changed.wait(WAIT_S):
+                        raise TimeoutError("the outbox did not commit the receipt in time")
+                if done.done():
                     break
+                self._leading = True
+            self._round()
+        return done.result()
+
+    def _round(self) -> None:
+        """Commit up to MAX_GROUP pending receipts, then wake every waiting pull."""
+        with self._changed:
+            group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+        try:
             try:
                 self._commit(group)
             except Exception:
@@ -51,6 +65,13 @@ class ReceiptWriter:
                         self._commit([item])
                     except Exception as exc:
                         item[3].set_exception(exc)
+        finally:
+            for item in group:  # interrupted: no pull may wait for a round that is over
+                if not item[3].done():
+                    item[3].set_exception(RuntimeError("the receipt's commit was interrupted"))
+            with self._changed:
+                self._leading = False
+                self._changed.notify_all()
 
     def _commit(self, group: list[_Item]) -> None:
         with self.outbox.engine.begin() as conn:
