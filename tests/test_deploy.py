@@ -113,6 +113,7 @@ def test_kubernetes_manifests() -> None:
         if d
     ]
     kinds = {d["kind"]: d for d in docs}
+    kinds["Deployment"] = next(d for d in docs if d["metadata"]["name"] == "flagtrail-relay")
     assert {
         "Deployment",
         "CronJob",
@@ -130,6 +131,51 @@ def test_kubernetes_manifests() -> None:
     assert cron["spec"]["schedule"] == "0 6 * * 1"
     script = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
     assert 'bash "$SEED_SCRIPT"' in script and "flagtrail pull" in script
+
+
+def test_the_evidence_api_deployment_serves_where_the_cronjob_pulls() -> None:
+    from urllib.parse import urlsplit
+
+    from flagtrail.cli import build_parser
+
+    docs = {
+        d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "k8s/evidence-api.yaml").read_text())
+    }
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    args = build_parser().parse_args(container["args"])  # every flag is one serve takes
+    assert args.command == "serve" and args.host == "0.0.0.0"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # one worker per core the pod asks for
+    assert int(env["FLAGTRAIL_API_WORKERS"]) == int(container["resources"]["requests"]["cpu"])
+    # a read-only root: the workers' shared folder and package builds need a writable TMPDIR
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts[env["TMPDIR"]]]
+    assert env["AUDIT_SIGNING_KEY_PATH"].startswith(
+        next(path for path, name in mounts.items() if name == "signing-key")
+    )
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/healthz",
+        "port": "https",
+        "scheme": "HTTPS",
+    }
+    [port] = container["ports"]
+    assert port["containerPort"] == args.port == 8443
+    [service_port] = docs["Service"]["spec"]["ports"]
+    assert service_port["targetPort"] == port["name"]
+    cron = yaml.safe_load_all(CRONJOB.read_text())
+    cron_env = {
+        e["name"]: e.get("value")
+        for d in cron
+        if d and d["kind"] == "CronJob"
+        for e in d["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    pulled = urlsplit(cron_env["AUDIT_API_URL"])
+    service = docs["Service"]["metadata"]
+    assert pulled.hostname == f"{service['name']}.{service['namespace']}.svc"
+    assert pulled.port == service_port["port"] and pulled.scheme == "https"
 
 
 def test_prometheus_rule_resource_is_in_sync_with_the_rules_file() -> None:
