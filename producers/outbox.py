@@ -45,25 +45,32 @@ def outbox_row(chain_id: str, record: dict[str, Any], recorded_at: datetime) -> 
     }
 
 
+_INSERT_NEW: dict[str, Any] = {}  # dialect name -> the statement, built once
+
+
 def _insert_new(conn: Connection, row: dict[str, Any]) -> bool:
     """Insert ``row`` unless its event_id exists; False for a duplicate.
 
     ON CONFLICT DO NOTHING (SQLite and PostgreSQL) reports the duplicate without
     an error, so the caller's transaction stays usable (PostgreSQL would abort it
     on a unique violation). A concurrent insert of the same id waits for the other
-    transaction and then reports the duplicate.
+    transaction and then reports the duplicate. The statement is built once per
+    dialect and the row passed as parameters: building it per row cost more than
+    SQLite's insert itself.
     """
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    statement = (
-        dialect_insert(outbox)
-        .values(row)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(outbox.c.id)  # rowcount is -1 with implicit RETURNING on PostgreSQL
-    )
-    return conn.execute(statement).first() is not None
+    dialect = conn.dialect.name
+    statement = _INSERT_NEW.get(dialect)
+    if statement is None:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        statement = _INSERT_NEW[dialect] = (
+            dialect_insert(outbox)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(outbox.c.id)  # rowcount is -1 with implicit RETURNING on PostgreSQL
+        )
+    return conn.execute(statement, row).first() is not None
 
 
 class Outbox:
