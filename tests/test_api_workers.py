@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from tests.apiserver import Server, env_for, make_token, serve
 from tests.conftest import run_cli
-from tests.test_api import H1, auth, chain_folder, cli_export, receipts
+from tests.test_api import H1, auth, chain_folder, cli_export, make_ca_and_cert, receipts
 
 
 def worker_pids(server: Server) -> set[int]:
@@ -34,20 +35,23 @@ def worker_pids(server: Server) -> set[int]:
     return found
 
 
-def wait_for_workers(server: Server, count: int, timeout: float = 30) -> set[int]:
+def wait_for_workers(
+    server: Server, count: int, timeout: float = 30, verify: ssl.SSLContext | bool = False
+) -> set[int]:
     deadline = time.monotonic() + timeout
     while True:
         pids = worker_pids(server)
-        if len(pids) == count and _all_answering(server):
+        if len(pids) == count and _all_answering(server, verify):
             return pids
         assert time.monotonic() < deadline, f"{len(pids)} workers: {server.log()}"
         time.sleep(0.2)
 
 
-def _all_answering(server: Server) -> bool:
+def _all_answering(server: Server, verify: ssl.SSLContext | bool) -> bool:
     try:
         return all(
-            httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200 for _ in range(10)
+            httpx.get(f"{server.url}/healthz", timeout=2, verify=verify).status_code == 200
+            for _ in range(10)
         )
     except httpx.TransportError:
         return False
@@ -118,6 +122,23 @@ def test_concurrent_pulls_across_workers_each_get_the_export_and_one_receipt(
     assert [code for code, _ in results] == [200] * 36
     assert all(body == expected for _, body in results)
     assert len(receipts(folder)) - before == 36
+
+
+def test_every_worker_serves_https(folder: Path, tmp_path: Path) -> None:
+    ca, cert, key = make_ca_and_cert(tmp_path)
+    trusting = ssl.create_default_context(cafile=str(ca))
+    token = make_token(folder, "ci", "export:read")
+    expected = cli_export(folder, H1["start"], H1["end"], "cli")
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+    with serve(
+        folder, "--workers", "2", *tls, scheme="https", verify=trusting,
+        TMPDIR=str(folder / "tmp"),
+    ) as s:  # fmt: skip
+        wait_for_workers(s, 2, verify=trusting)
+        for _ in range(12):
+            got = httpx.get(f"{s.url}/v1/export", params=H1, headers=auth(token), verify=trusting)
+            assert got.status_code == 200 and got.content == expected
+        assert len(counted_by(folder / "tmp")) == 2, "both workers answered"
 
 
 def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(folder: Path) -> None:
