@@ -119,8 +119,13 @@ def run_relay(
     )
     stop = threading.Event()
     with capture_logs() as logs:
+        # it also ends when the relay has stopped (a test expecting the relay to raise):
+        # a watcher left waiting would fail later, in another test's thread
         watcher = threading.Thread(
-            target=lambda: (wait_for(lambda: stop_when(relay), 20, "relay"), stop.set()),
+            target=lambda: (
+                wait_for(lambda: stop.is_set() or stop_when(relay), 20, "relay"),
+                stop.set(),
+            ),
             daemon=True,
         )
         watcher.start()
