@@ -1,0 +1,64 @@
+"""Attacks on `flagtrail serve --workers N`: what an outsider, a broken deployment or a
+dying process can do to the workers, their shared rate limit and their metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.apiserver import env_for
+from tests.conftest import FLAGTRAIL, free_port
+from tests.test_api import chain_folder
+
+
+@pytest.fixture
+def folder(tmp_path: Path, rsa_keys: Path) -> Path:
+    folder = chain_folder(tmp_path / "chain", rsa_keys, records=10)
+    (folder / "tmp").mkdir()
+    return folder
+
+
+def serve_until_exit(folder: Path, *args: str, timeout: float = 40) -> tuple[int, str]:
+    """Run `flagtrail serve` expecting it to stop by itself; kill its whole process
+    group (workers too) if it does not."""
+    log = folder / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*FLAGTRAIL, "serve", "--port", str(free_port()), *args],
+            cwd=folder,
+            env={**os.environ, **env_for(folder, TMPDIR=str(folder / "tmp"))},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        code = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        pytest.fail(f"serve kept running {timeout} s:\n{log.read_text()[-2000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # no worker outlives the test
+            os.killpg(process.pid, signal.SIGKILL)
+    return code, log.read_text()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_worker_that_cannot_start_stops_serve_with_one_sentence(
+    folder: Path, workers: str
+) -> None:
+    """The outbox turns unreadable between `serve`'s own checks and the workers' start
+    (it is only opened by the workers). Failing on the current code (workers=2): uvicorn's
+    supervisor restarts the failing worker forever, printing a traceback each time, and
+    `serve` never exits."""
+    (folder / "outbox.db").write_bytes(b"not a database, " * 512)
+    code, log = serve_until_exit(folder, "--workers", workers)
+    assert code != 0, log
+    assert "Traceback" not in log, log
+    assert "flagtrail: error:" in log, log
+    assert len([line for line in log.splitlines() if "error" in line.lower()]) <= 2, log
