@@ -62,3 +62,18 @@ def test_a_worker_that_cannot_start_stops_serve_with_one_sentence(
     assert "Traceback" not in log, log
     said = [line for line in log.splitlines() if line.startswith("flagtrail: error:")]
     assert said == ["flagtrail: error: cannot use the outbox database: file is not a database"]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("option", ["--rate-limit", "--max-streams"])
+def test_a_rate_or_stream_count_too_big_for_a_float_is_one_sentence(
+    folder: Path, workers: str, option: str
+) -> None:
+    """Failing on the current code: --rate-limit 10**400 ends `serve` in an OverflowError
+    traceback (after the banner, with two workers); --max-streams 10**400 starts, and
+    then every /v1/export answers 500 (the share of slots overflows a float)."""
+    code, log = serve_until_exit(folder, "--workers", workers, option, str(10**400), timeout=15)
+    assert code == 2, log
+    assert "Traceback" not in log and "serving" not in log, log
+    said = [line for line in log.splitlines() if line.startswith("flagtrail: error:")]
+    assert len(said) == 1 and "at most" in said[0], log
