@@ -77,3 +77,12 @@ def test_a_rate_or_stream_count_too_big_for_a_float_is_one_sentence(
     assert "Traceback" not in log and "serving" not in log, log
     said = [line for line in log.splitlines() if line.startswith("flagtrail: error:")]
     assert len(said) == 1 and "at most" in said[0], log
+
+
+def test_the_limit_holds_for_the_variable_too(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLAGTRAIL_API_RATE_LIMIT", str(10**20))
+    code, log = serve_until_exit(folder, timeout=15)
+    assert code == 2, log
+    assert "--rate-limit / FLAGTRAIL_API_RATE_LIMIT must be at most 1000000000" in log, log

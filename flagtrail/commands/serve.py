@@ -54,18 +54,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _env_int(name: str, given: int | None, default: int) -> int:
+# the rate limiter and the stream slots divide these as floats: a bigger number is a
+# typo, and would be an OverflowError at start-up or on every export
+MOST_PER_MINUTE = 10**9
+MOST_STREAMS = 10**6
+
+
+def _env_int(
+    name: str, given: int | None, default: int, most: tuple[str, int] | None = None
+) -> int:
+    """``given`` (the option), else the variable ``name``, else ``default``; ``most`` is
+    (the option, the largest value it may take)."""
     if given is not None:
-        return given
-    text = os.environ.get(name)
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a whole number") from None
-    if value < 1:
-        raise ConfigError(f"{name}={text!r} must be at least 1")
+        value = given
+    else:
+        text = os.environ.get(name)
+        if not text:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(f"{name}={text!r} is not a whole number") from None
+        if value < 1:
+            raise ConfigError(f"{name}={text!r} must be at least 1")
+    if most is not None and value > most[1]:
+        raise ConfigError(f"{most[0]} / {name} must be at most {most[1]}")
     return value
 
 
@@ -85,8 +98,12 @@ def api_config(args: argparse.Namespace):  # -> ApiConfig
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         max_window_days=_env_int("FLAGTRAIL_API_MAX_WINDOW_DAYS", args.max_window_days, 400),
-        rate_per_minute=_env_int("FLAGTRAIL_API_RATE_LIMIT", args.rate_limit, 120),
-        max_streams=_env_int("FLAGTRAIL_API_MAX_STREAMS", args.max_streams, 8),
+        rate_per_minute=_env_int(
+            "FLAGTRAIL_API_RATE_LIMIT", args.rate_limit, 120, ("--rate-limit", MOST_PER_MINUTE)
+        ),
+        max_streams=_env_int(
+            "FLAGTRAIL_API_MAX_STREAMS", args.max_streams, 8, ("--max-streams", MOST_STREAMS)
+        ),
         workers=_env_int("FLAGTRAIL_API_WORKERS", args.workers, 1),
     )
 
