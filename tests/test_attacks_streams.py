@@ -53,7 +53,7 @@ def test_sigterm_stops_serve_even_while_a_client_stalls_a_pull(big: Path, worker
             code = s.process.wait(40)
         finally:
             client.close()
-    assert code == 0
+    assert code in (0, -signal.SIGTERM), s.log()  # one worker: uvicorn re-raises SIGTERM
     new = receipts(big)[before:]
     assert len(new) == 1, new
     assert '"outcome": "complete"' not in json.dumps(new[0]), new[0]

@@ -11,14 +11,20 @@ worker holds its share of --max-streams, so memory stays bounded per process.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
+
+import uvicorn
+from uvicorn.supervisors import multiprocess
 
 from flagtrail.api.config import ApiConfig
 from flagtrail.api.ratelimit import RateLimiter
@@ -30,6 +36,42 @@ if TYPE_CHECKING:
 
 # prometheus_client picks its multiprocess mode from this variable when it is imported
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# how long pulls cancelled at shutdown get to chain their unfinished receipts
+RECEIPT_GRACE_S = 10
+
+
+class ReceiptKeepingServer(uvicorn.Server):
+    """uvicorn's server, except that the pulls it cancels when its shutdown grace period
+    runs out are given the time to chain their receipts. uvicorn only cancels them, then
+    re-raises the SIGTERM it caught, which kills the process before a cancelled pull
+    reaches its (shielded) receipt: the pull would go unrecorded."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        cancelled = [task for task in self.server_state.tasks if not task.done()]
+        if cancelled:
+            await asyncio.wait(cancelled, timeout=RECEIPT_GRACE_S)
+
+
+class _Worker(multiprocess.Process):
+    """uvicorn's worker process, serving with ReceiptKeepingServer."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = ReceiptKeepingServer(config=self.config)
+        return self._server
+
+
+@contextmanager
+def _workers_keep_receipts() -> Iterator[None]:
+    """uvicorn's supervisor has no hook for its worker class: swap it while it runs."""
+    original = multiprocess.Process
+    multiprocess.Process = _Worker  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        multiprocess.Process = original  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -91,9 +133,7 @@ def run_workers(
     log_level: str,
 ) -> None:
     """Serve with ``config.workers`` processes until SIGTERM or SIGINT."""
-    import uvicorn
     from uvicorn.config import STARTUP_FAILURE
-    from uvicorn.supervisors import Multiprocess
 
     with tempfile.TemporaryDirectory(prefix="flagtrail-serve-") as shared:
         metrics = Path(shared, "metrics")
@@ -105,10 +145,11 @@ def run_workers(
         )
         failure = Path(shared, "start-failure")
         factory = WorkerApp(config, limiter, log_format, log_level, failure)
-        supervisor = Multiprocess(
+        supervisor = multiprocess.Multiprocess(
             uvicorn.Config(factory, factory=True, workers=config.workers, **uvicorn_options),
             sockets=[sock],
         )
-        supervisor.run()
+        with _workers_keep_receipts():
+            supervisor.run()
         if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
             raise _start_failure(failure)

@@ -58,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 # typo, and would be an OverflowError at start-up or on every export
 MOST_PER_MINUTE = 10**9
 MOST_STREAMS = 10**6
+# after SIGTERM, running pulls get this long to finish; then they are cut and chained as
+# unfinished. Without it a client that stops reading keeps the server up until an
+# orchestrator's SIGKILL (Kubernetes waits 30 s), and that pull is never chained.
+SHUTDOWN_GRACE_S = 10
 
 
 def _env_int(
@@ -157,6 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "log_config": None,
         "server_header": False,
         "lifespan": "off",
+        "timeout_graceful_shutdown": SHUTDOWN_GRACE_S,
     }
     app = None
     if config.workers == 1:  # built before the banner: a failure to build is not "serving"
@@ -174,5 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         run_workers(config, sock, options, args.log_format, args.log_level)
     else:
-        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+        from flagtrail.api.workers import ReceiptKeepingServer
+
+        ReceiptKeepingServer(uvicorn.Config(app, **options)).run(sockets=[sock])
     return 0
