@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,40 @@ def test_the_limit_holds_for_the_variable_too(
     code, log = serve_until_exit(folder, timeout=15)
     assert code == 2, log
     assert "--rate-limit / FLAGTRAIL_API_RATE_LIMIT must be at most 1000000000" in log, log
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_metrics_show_only_this_servers_own_counts(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    """Failing on the current code with one worker: PROMETHEUS_MULTIPROC_DIR left in the
+    environment for another program (a gunicorn app's image sets it) makes /metrics add up
+    that program's files: its metrics are shown to our metrics:read tokens, and counts
+    of an earlier run of serve are added to ours."""
+    import httpx
+
+    from tests.apiserver import make_token, serve
+    from tests.test_api import auth
+
+    foreign = tmp_path / "someone-elses-metrics"
+    foreign.mkdir()
+    writer = (
+        "from prometheus_client import Counter\n"
+        "Counter('payroll_payments', 'another program').inc(7)\n"
+        "Counter('flagtrail_api_requests', 'an earlier run', ['route', 'status'])"
+        ".labels('/v1/head', '200').inc(1000)\n"
+    )
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(foreign))
+    subprocess.run([sys.executable, "-c", writer], check=True)
+    assert list(foreign.glob("counter_*.db"))
+    reader = make_token(folder, "reader", "export:read", "metrics:read")
+    with serve(folder, "--workers", workers) as s:
+        assert httpx.get(f"{s.url}/v1/head", headers=auth(reader)).status_code == 200
+        text = httpx.get(f"{s.url}/metrics", headers=auth(reader)).text
+    assert "payroll" not in text
+    heads = [
+        line
+        for line in text.splitlines()
+        if line.startswith("flagtrail_api_requests_total{") and 'route="/v1/head"' in line
+    ]
+    assert [float(line.rsplit(" ", 1)[1]) for line in heads] == [1.0], heads
