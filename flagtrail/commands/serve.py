@@ -152,6 +152,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     config = api_config(args)
+    if config.workers == 1:
+        from flagtrail.api.workers import METRICS_DIR_VARIABLE
+
+        # one process keeps its metrics in memory; a folder named in the environment is
+        # another program's (or an earlier run's), and /metrics would add up its files.
+        # Before anything imports prometheus_client: it picks its mode on import.
+        os.environ.pop(METRICS_DIR_VARIABLE, None)
     _check_ready(config)
     sock = _listen(config.host, config.port)
     options = {
