@@ -58,3 +58,33 @@ def test_sigterm_stops_serve_even_while_a_client_stalls_a_pull(big: Path, worker
     assert len(new) == 1, new
     assert '"outcome": "complete"' not in json.dumps(new[0]), new[0]
     assert '"outcome": "aborted"' in json.dumps(new[0]), new[0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs flagtrail/api/streaming.py or routes/export.py (not ours to edit): "
+    "chain a receipt before the first byte, so a pull cut by SIGKILL still leaves one",
+)
+def test_a_pull_cut_by_a_killed_worker_still_leaves_a_receipt(big: Path) -> None:
+    """What we saw: SIGKILL the workers while a client is pulling; the supervisor
+    replaces them and the port keeps answering, but the client holds megabytes of the
+    evidence and the chain has no receipt of that pull at all."""
+    import os
+
+    import httpx
+
+    from tests.test_api import auth
+    from tests.test_api_workers import wait_for_workers
+
+    token = make_token(big, "killed", "export:read")
+    before = len(receipts(big))
+    with serve(big, "--workers", "2", "--max-window-days", "6000") as s:
+        pids = wait_for_workers(s, 2)
+        client = stalled_pull(s.url, token)
+        time.sleep(1)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        wait_for_workers(s, 2)
+        client.close()  # it could still read what the kernel had buffered: 3.9 MB once
+        assert httpx.get(f"{s.url}/v1/head", headers=auth(token)).status_code == 200
+    assert len(receipts(big)) - before == 1, "the pull is chained"
