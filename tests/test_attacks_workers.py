@@ -124,3 +124,28 @@ def test_metrics_show_only_this_servers_own_counts(
         if line.startswith("flagtrail_api_requests_total{") and 'route="/v1/head"' in line
     ]
     assert [float(line.rsplit(" ", 1)[1]) for line in heads] == [1.0], heads
+
+
+def test_concurrent_connections_across_workers_get_exactly_the_burst(folder: Path) -> None:
+    """Held: forty requests at once on twenty connections, over two workers that take the
+    same bucket under flock, let exactly the burst through, no more."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tests.apiserver import make_token, serve
+    from tests.test_api import auth
+    from tests.test_api_workers import counted_by, wait_for_workers
+
+    busy = make_token(folder, "busy", "export:read")
+    with serve(folder, "--workers", "2", "--rate-limit", "5", TMPDIR=str(folder / "tmp")) as s:
+        wait_for_workers(s, 2)
+
+        def head(_: int) -> int:
+            with httpx.Client() as client:  # a connection of its own
+                return client.get(f"{s.url}/v1/head", headers=auth(busy)).status_code
+
+        with ThreadPoolExecutor(20) as pool:
+            codes = list(pool.map(head, range(40)))
+        assert len(counted_by(folder / "tmp")) == 2, "both workers answered"
+    assert codes.count(200) == 5 and codes.count(429) == 35, codes
