@@ -8,7 +8,10 @@ many addresses guess tokens. A key's slot is found by open addressing over a sho
 window. A bucket that has refilled to capacity is the same as no bucket, so its slot is
 reused freely; only when every slot of a window holds a bucket still refilling (thousands
 of keys busy in the same minute) is the fullest one evicted, which can only make the
-limit more lenient for that key, never refuse anyone early.
+limit more lenient for that key, never refuse anyone early. Slots are chosen by a hash
+keyed with a secret drawn when the table is made (kept in its header): otherwise anyone
+could pick, offline, addresses that land in a token's window and, by emptying their own
+buckets there, get that token's bucket evicted (a fresh burst) as often as they like.
 """
 
 from __future__ import annotations
@@ -30,13 +33,16 @@ SLOTS = 4096
 PROBE = 32
 
 
+SECRET_BYTES = 16
+
+
 class _Bucket(ctypes.Structure):
     _fields_ = [("key", ctypes.c_uint64), ("tokens", ctypes.c_double), ("when", ctypes.c_double)]
 
 
-def _key_digest(key: str) -> int:
-    digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
-    return digest or 1  # 0 marks an empty slot
+def _key_digest(key: str, secret: bytes) -> int:
+    hashed = hashlib.blake2b(key.encode(), digest_size=8, key=secret).digest()
+    return int.from_bytes(hashed, "big") or 1  # 0 marks an empty slot
 
 
 class RateLimiter:
@@ -62,16 +68,21 @@ class RateLimiter:
         self.clock = clock
         self.table, self.slots = table, slots
         self._thread_lock = threading.Lock()  # flock does not exclude threads sharing an fd
-        size = ctypes.sizeof(_Bucket) * slots
+        size = SECRET_BYTES + ctypes.sizeof(_Bucket) * slots
         self._fd: int | None = None
         if table is None:
             self._map = mmap.mmap(-1, size)
+            self._map[:SECRET_BYTES] = os.urandom(SECRET_BYTES)
         else:
             self._fd = os.open(table, os.O_RDWR | os.O_CREAT, 0o600)
-            if os.fstat(self._fd).st_size < size:
-                os.ftruncate(self._fd, size)  # zeros: every slot empty
-            self._map = mmap.mmap(self._fd, size)
-        self._buckets = (_Bucket * slots).from_buffer(self._map)
+            with self._locked():  # the first opener draws the secret, the others read it
+                if os.fstat(self._fd).st_size < size:
+                    os.ftruncate(self._fd, size)  # zeros: every slot empty
+                self._map = mmap.mmap(self._fd, size)
+                if not any(self._map[:SECRET_BYTES]):
+                    self._map[:SECRET_BYTES] = os.urandom(SECRET_BYTES)
+        self._secret = bytes(self._map[:SECRET_BYTES])
+        self._buckets = (_Bucket * slots).from_buffer(self._map, SECRET_BYTES)
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self.table is None:
@@ -115,7 +126,7 @@ class RateLimiter:
 
     def take(self, key: str) -> float:
         """0 when the request may go; else the seconds to wait (Retry-After)."""
-        digest = _key_digest(key)
+        digest = _key_digest(key, self._secret)
         with self._locked():
             now = self.clock()
             bucket = self._slot(digest, now)

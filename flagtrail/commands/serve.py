@@ -54,18 +54,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _env_int(name: str, given: int | None, default: int) -> int:
+# the rate limiter and the stream slots divide these as floats: a bigger number is a
+# typo, and would be an OverflowError at start-up or on every export
+MOST_PER_MINUTE = 10**9
+MOST_STREAMS = 10**6
+# after SIGTERM, running pulls get this long to finish; then they are cut and chained as
+# unfinished. Without it a client that stops reading keeps the server up until an
+# orchestrator's SIGKILL (Kubernetes waits 30 s), and that pull is never chained.
+SHUTDOWN_GRACE_S = 10
+
+
+def _env_int(
+    name: str, given: int | None, default: int, most: tuple[str, int] | None = None
+) -> int:
+    """``given`` (the option), else the variable ``name``, else ``default``; ``most`` is
+    (the option, the largest value it may take)."""
     if given is not None:
-        return given
-    text = os.environ.get(name)
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a whole number") from None
-    if value < 1:
-        raise ConfigError(f"{name}={text!r} must be at least 1")
+        value = given
+    else:
+        text = os.environ.get(name)
+        if not text:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(f"{name}={text!r} is not a whole number") from None
+        if value < 1:
+            raise ConfigError(f"{name}={text!r} must be at least 1")
+    if most is not None and value > most[1]:
+        raise ConfigError(f"{most[0]} / {name} must be at most {most[1]}")
     return value
 
 
@@ -85,8 +102,12 @@ def api_config(args: argparse.Namespace):  # -> ApiConfig
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         max_window_days=_env_int("FLAGTRAIL_API_MAX_WINDOW_DAYS", args.max_window_days, 400),
-        rate_per_minute=_env_int("FLAGTRAIL_API_RATE_LIMIT", args.rate_limit, 120),
-        max_streams=_env_int("FLAGTRAIL_API_MAX_STREAMS", args.max_streams, 8),
+        rate_per_minute=_env_int(
+            "FLAGTRAIL_API_RATE_LIMIT", args.rate_limit, 120, ("--rate-limit", MOST_PER_MINUTE)
+        ),
+        max_streams=_env_int(
+            "FLAGTRAIL_API_MAX_STREAMS", args.max_streams, 8, ("--max-streams", MOST_STREAMS)
+        ),
         workers=_env_int("FLAGTRAIL_API_WORKERS", args.workers, 1),
     )
 
@@ -131,6 +152,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     config = api_config(args)
+    if config.workers == 1:
+        from flagtrail.api.workers import METRICS_DIR_VARIABLE
+
+        # one process keeps its metrics in memory; a folder named in the environment is
+        # another program's (or an earlier run's), and /metrics would add up its files.
+        # Before anything imports prometheus_client: it picks its mode on import.
+        os.environ.pop(METRICS_DIR_VARIABLE, None)
     _check_ready(config)
     sock = _listen(config.host, config.port)
     options = {
@@ -140,6 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "log_config": None,
         "server_header": False,
         "lifespan": "off",
+        "timeout_graceful_shutdown": SHUTDOWN_GRACE_S,
     }
     app = None
     if config.workers == 1:  # built before the banner: a failure to build is not "serving"
@@ -157,5 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         run_workers(config, sock, options, args.log_format, args.log_level)
     else:
-        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+        from flagtrail.api.workers import ReceiptKeepingServer
+
+        ReceiptKeepingServer(uvicorn.Config(app, **options)).run(sockets=[sock])
     return 0
