@@ -125,3 +125,38 @@ def test_a_failure_found_while_reading_ahead_ends_the_stream_unfinished() -> Non
     stream.read_ahead()
     assert bodies(run(stream)) == []
     assert ends.calls == [(False, False)]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_no_byte_leaves_before_a_receipt_of_the_pull_is_chained(count: int) -> None:
+    """A pull longer than one chunk is chained as started before its first chunk goes
+    out (a server killed mid-pull still leaves that); a one-chunk pull is chained
+    complete before it goes out, and never as started."""
+    order: list[str] = []
+    ends = Ends(log=order)
+    stream = CheckedStream(
+        iter([b"x"] * count), "text/plain", ends, on_start=lambda: order.append("started")
+    )
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message["body"]:
+            order.append("chunk sent")
+
+    asyncio.run(stream({"type": "http"}, receive, send))
+    first_receipt = "started" if count > 1 else "receipt"
+    assert order[0] == first_receipt and order.count("chunk sent") == count
+    assert order.count("started") == (count > 1) and ends.calls == [(True, False)]
+
+
+def test_a_start_that_cannot_be_chained_sends_nothing() -> None:
+    def refuse() -> None:
+        raise OSError("database is locked")
+
+    ends = Ends()
+    got = bodies(run(CheckedStream(iter([b"a", b"b"]), "text/plain", ends, on_start=refuse)))
+    assert got == []
+    assert ends.calls == [(False, False)]

@@ -4,6 +4,12 @@ When the source fails mid-stream (a record fails its hash, the log goes away, th
 token is revoked), the response ends without its last chunk: the connection is
 closed, so curl exits non-zero and a client sees a truncated transfer, never a
 short but well-formed file.
+
+And no byte of evidence leaves before the log holds a receipt of the pull: a pull that
+fits one chunk is read whole and chained as complete before it is sent; a longer one is
+chained as started before its first chunk, then as complete or unfinished at its end.
+A server killed mid-pull (SIGKILL, the OOM killer) cannot chain the end, but the start
+is in the log.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ class Pull(Protocol):
 
     def chunks(self) -> Iterator[bytes]: ...
 
+    def start(self) -> None: ...
+
     def end(self, complete: bool, client_left: bool) -> None: ...
 
 
@@ -51,7 +59,9 @@ def _open(
     slot: AbstractAsyncContextManager[None], build: Callable[..., Pull], args: tuple[object, ...]
 ) -> CheckedStream:
     pull = build(*args)
-    stream = CheckedStream(pull.chunks(), pull.media_type, pull.end, pull.headers, slot)
+    stream = CheckedStream(
+        pull.chunks(), pull.media_type, pull.end, pull.headers, slot, on_start=pull.start
+    )
     stream.read_ahead()
     return stream
 
@@ -76,6 +86,7 @@ class CheckedStream(Response):
         on_end: Callable[[bool, bool], None],
         headers: dict[str, str] | None = None,
         slot: AbstractAsyncContextManager[None] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         # no body attribute: Response would announce content-length: 0
         self.status_code, self.media_type, self.background = 200, media_type, None
@@ -85,10 +96,13 @@ class CheckedStream(Response):
         # before the last chunk goes out, so a pull whose receipt cannot be chained
         # fails at the client instead of succeeding unrecorded.
         self.on_end = on_end
+        # () -> None, run in a thread before the first chunk of a stream longer than one
+        self.on_start = on_start
         self.slot = slot  # held until the stream ends (taken before the source was opened)
         self._ahead: bytes | None = None  # the chunk read ahead of the one being sent
         self._first: tuple[bytes, bool] | Exception | None = None  # see read_ahead
         self._chained = False  # the receipt of a complete pull is in: never chain a second
+        self._sent_any = False  # a chunk has been handed out to send
 
     def read_ahead(self) -> None:
         """Take the first step now, in the thread that opened the source; its result (or
@@ -154,18 +168,27 @@ class CheckedStream(Response):
     def _advance(self) -> tuple[bytes, bool]:
         """The next chunk and whether it is the last, reading one chunk ahead: a stream
         that is complete chains its receipt in this same thread hop, before its last
-        chunk goes out (a small pull costs one hop, not three)."""
+        chunk goes out (a small pull costs one hop, not three); a longer one chains its
+        start before its first chunk goes out."""
+        first = self._ahead is None and not self._sent_any
         chunk = next(self.chunks, None) if self._ahead is None else self._ahead
         self._ahead = None if chunk is None else next(self.chunks, None)
         if self._ahead is not None:
             assert chunk is not None
+            if first and self.on_start is not None:
+                self._receipt(self.on_start)
+            self._sent_any = True
             return chunk, False
-        try:
-            self.on_end(True, False)
-        except Exception as exc:
-            raise ReceiptFailed(type(exc).__name__) from exc
+        self._receipt(self.on_end, True, False)
         self._chained = True
         return chunk or b"", True
+
+    @staticmethod
+    def _receipt(chain: Callable[..., None], *args: bool) -> None:
+        try:
+            chain(*args)
+        except Exception as exc:
+            raise ReceiptFailed(type(exc).__name__) from exc
 
     async def _end(self, complete: bool, client_left: bool) -> bool:
         try:

@@ -87,6 +87,12 @@ class ExportPull:
                 checked = time.monotonic()
             yield chunk
 
+    def start(self) -> None:
+        """Chained before the first chunk of a pull longer than one chunk."""
+        chain_receipt(
+            self.ctx, self.token.name, ROUTE, {**self.win.as_meta(), "outcome": "started"}
+        )
+
     def end(self, complete: bool, client_left: bool) -> None:
         try:
             head = self.stream.head() if complete else None

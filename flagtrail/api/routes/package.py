@@ -68,8 +68,15 @@ class PackagePull:
             while chunk := f.read(READ_CHUNK):
                 yield chunk
 
+    def start(self) -> None:
+        """Chained before the first chunk of an archive longer than one chunk."""
+        self._chain("started")
+
     def end(self, complete: bool, client_left: bool) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._chain("complete" if complete else "client_left" if client_left else "aborted")
+
+    def _chain(self, outcome: str) -> None:
         m = self.manifest
         chain_receipt(
             self.ctx,
@@ -86,7 +93,7 @@ class PackagePull:
                 }
                 or None,
                 "sha256": m["sha256"],
-                "outcome": "complete" if complete else "client_left" if client_left else "aborted",
+                "outcome": outcome,
             },
         )
 
