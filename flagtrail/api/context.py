@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,7 +37,9 @@ class ApiContext:
         """Wait for one of this worker's share of ``max_streams``: memory stays bounded
         however many pull."""
         if self._slots is None:  # made in the event loop that serves
-            share = math.ceil(self.config.max_streams / self.config.workers)
+            # rounded down: the workers together never exceed --max-streams (unless
+            # there are more workers than streams: each holds one)
+            share = max(1, self.config.max_streams // self.config.workers)
             self._slots = asyncio.Semaphore(share)
         async with self._slots:
             yield

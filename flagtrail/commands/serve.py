@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-streams",
         type=positive,
-        help="exports and packages streamed at once; more wait their turn "
-        "[env FLAGTRAIL_API_MAX_STREAMS, default 8]",
+        help="exports and packages streamed at once, divided between the workers (each "
+        "holds at least one); more wait their turn [env FLAGTRAIL_API_MAX_STREAMS, default 8]",
     )
     p.add_argument(
         "--workers",
