@@ -208,3 +208,24 @@ def test_the_banner_says_how_many_workers_serve(folder: Path) -> None:
     with serve(folder, "--workers", "2") as s:
         wait_for_workers(s, 2)
         assert "2 workers" in s.log()
+
+
+def test_a_forwarded_address_does_not_dodge_the_limit_on_guessing(folder: Path) -> None:
+    """Refused requests are limited per client address. Without a proxy in front, a
+    client that names a new X-Forwarded-For each time must not get a new bucket each
+    time; behind a proxy the operator names it, and its forwarded addresses count."""
+    url = "/v1/head"
+
+    def guesses(server: Server) -> list[int]:
+        return [
+            httpx.get(
+                f"{server.url}{url}",
+                headers={**auth(f"ftk_guess{n}"), "X-Forwarded-For": f"203.0.113.{n}"},
+            ).status_code
+            for n in range(5)
+        ]
+
+    with serve(folder, "--rate-limit", "3") as s:
+        assert guesses(s) == [401, 401, 401, 429, 429]
+    with serve(folder, "--rate-limit", "3", "--forwarded-allow-ips", "127.0.0.1") as s:
+        assert guesses(s) == [401] * 5  # five clients behind the proxy, one guess each

@@ -101,6 +101,7 @@ BAD_OPTIONS: dict[str, list[str]] = {
     "--max-window-days": ["0"],
     "--rate-limit": ["-5"],
     "--max-streams": ["0"],
+    "--forwarded-allow-ips": ["proxy.internal", "10.0.0.1,300.1.1.1"],
     "--scope": ["flags:write"],
     "--expires": ["soon", "0d"],
 }

@@ -49,6 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "to the cores you give the API. Rate limits and /metrics are shared by all "
         "[env FLAGTRAIL_API_WORKERS, default 1]",
     )
+    p.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="proxies in front of the API whose X-Forwarded-For and X-Forwarded-Proto to "
+        "believe: comma-separated addresses or networks, or *. Unset, the client's own "
+        "address counts (a client could otherwise name a new address for each refused "
+        "guess) [env FLAGTRAIL_API_FORWARDED_ALLOW_IPS]",
+    )
     add_signing_key(p, "packages from /v1/package")
     add_backends(p)
     p.set_defaults(func=cmd_serve)
@@ -112,6 +120,24 @@ def api_config(args: argparse.Namespace):  # -> ApiConfig
     )
 
 
+def _trusted_proxies(given: str | None) -> str | None:
+    """The proxies whose forwarded headers count, checked; None: no proxy is trusted."""
+    import ipaddress
+
+    text = given or os.environ.get("FLAGTRAIL_API_FORWARDED_ALLOW_IPS") or ""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    for item in items:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"--forwarded-allow-ips: {item!r} is not an address, a network or *"
+            ) from None
+    return ",".join(items) or None
+
+
 def _check_tls(cert: Path, key: Path) -> None:
     """One sentence before start-up rather than uvicorn's traceback."""
     import ssl
@@ -152,6 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     config = api_config(args)
+    proxies = _trusted_proxies(args.forwarded_allow_ips)
     if config.workers == 1:
         from flagtrail.api.workers import METRICS_DIR_VARIABLE
 
@@ -162,6 +189,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_ready(config)
     sock = _listen(config.host, config.port)
     options = {
+        "proxy_headers": proxies is not None,
+        "forwarded_allow_ips": proxies,
         "ssl_certfile": str(config.tls_cert) if config.tls_cert else None,
         "ssl_keyfile": str(config.tls_key) if config.tls_key else None,
         "access_log": False,  # ours (flagtrail.api.app.AccessLog) never logs query strings
