@@ -77,7 +77,7 @@ def test_a_pull_cut_by_a_killed_worker_still_leaves_a_receipt(big: Path) -> None
         time.sleep(1)
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-        wait_for_workers(s, 2)
+        wait_for_workers(s, 2, gone=pids)
         client.close()  # it could still read what the kernel had buffered: 3.9 MB once
         assert httpx.get(f"{s.url}/v1/head", headers=auth(token)).status_code == 200
     [started] = receipts(big)[before:]
