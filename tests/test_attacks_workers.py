@@ -149,3 +149,26 @@ def test_concurrent_connections_across_workers_get_exactly_the_burst(folder: Pat
             codes = list(pool.map(head, range(40)))
         assert len(counted_by(folder / "tmp")) == 2, "both workers answered"
     assert codes.count(200) == 5 and codes.count(429) == 35, codes
+
+
+def test_a_worker_failing_on_a_bug_stops_serve_rather_than_restarting_forever(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error no sentence covers (a bug) is shown once, with its traceback, and the
+    worker exits as failing to start: uvicorn's supervisor then stops the server instead
+    of restarting it forever."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    from flagtrail.api.workers import WorkerApp, _start_failure
+    from producers.errors import ConfigError
+
+    worker = WorkerApp(None, None, "json", "info", tmp_path / "failure")  # type: ignore[arg-type]
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError as exc:
+        with pytest.raises(SystemExit) as exited:
+            worker._give_up(exc)
+    assert exited.value.code == STARTUP_FAILURE
+    assert "Traceback" in capsys.readouterr().err
+    error = _start_failure(tmp_path / "failure")
+    assert isinstance(error, ConfigError) and "RuntimeError" in str(error)

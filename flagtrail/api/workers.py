@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 import tempfile
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,8 +108,12 @@ class WorkerApp:
         from flagtrail.failures import translate
 
         error = translate(exc)
-        if error is None:  # a bug, not a setting: the traceback is what helps
-            raise exc
+        if error is None:  # a bug, not a setting: the traceback is what helps, once
+            traceback.print_exc()
+            error = ConfigError(
+                f"a worker of flagtrail serve failed to start ({type(exc).__name__}; "
+                "the traceback above says where)"
+            )
         self.failure.write_text(json.dumps({"error": type(error).__name__, "message": str(error)}))
         sys.exit(STARTUP_FAILURE)
 
