@@ -85,3 +85,36 @@ def test_an_outbox_that_is_gone_fails_the_pull_and_the_next_one_still_writes(
         db.execute("ALTER TABLE moved_away RENAME TO flagtrail_outbox")
     assert isinstance(writer.write("third", "/v1/export", {}), str)
     assert [r["meta"]["token"] for r in chained(tmp_path)] == ["first", "third"]
+
+
+def test_workers_take_turns_committing_through_their_shared_lock(tmp_path: Path) -> None:
+    """Two workers' receipts must not meet on SQLite's write lock (its busy wait sleeps
+    up to 100 ms at a time): a writer holding the turns waits for it, then commits."""
+    import fcntl
+    import os
+
+    (tmp_path / "identities.toml").write_text(SAMPLE_DIRECTORY)
+    turns = tmp_path / "receipt-turns"
+    writers = [
+        ReceiptWriter(
+            Outbox(
+                make_engine(f"sqlite:///{tmp_path / 'outbox.db'}"),
+                str(tmp_path / "identities.toml"),
+            ),
+            turns,
+        )
+        for _ in range(2)
+    ]
+    other_worker = os.open(turns, os.O_RDWR)
+    fcntl.flock(other_worker, fcntl.LOCK_EX)  # another worker is committing
+    done: list[str] = []
+    waiting = threading.Thread(target=lambda: done.append(writers[0].write("a", "/v1/export", {})))
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive() and done == [], "it waits for its turn"
+    fcntl.flock(other_worker, fcntl.LOCK_UN)
+    waiting.join(10)
+    assert len(done) == 1
+    assert isinstance(writers[1].write("b", "/v1/export", {}), str)
+    assert [r["meta"]["token"] for r in chained(tmp_path)] == ["a", "b"]
+    os.close(other_worker)

@@ -162,7 +162,7 @@ def test_a_worker_failing_on_a_bug_stops_serve_rather_than_restarting_forever(
     from flagtrail.api.workers import WorkerApp, _start_failure
     from producers.errors import ConfigError
 
-    worker = WorkerApp(None, None, "json", "info", tmp_path / "failure")  # type: ignore[arg-type]
+    worker = WorkerApp(None, None, "json", "info", tmp_path)  # type: ignore[arg-type]
     try:
         raise RuntimeError("a bug")
     except RuntimeError as exc:
@@ -170,5 +170,5 @@ def test_a_worker_failing_on_a_bug_stops_serve_rather_than_restarting_forever(
             worker._give_up(exc)
     assert exited.value.code == STARTUP_FAILURE
     assert "Traceback" in capsys.readouterr().err
-    error = _start_failure(tmp_path / "failure")
+    error = _start_failure(worker.failure)
     assert isinstance(error, ConfigError) and "RuntimeError" in str(error)

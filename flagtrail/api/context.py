@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flagtrail.api.config import ApiConfig
@@ -45,9 +46,15 @@ class ApiContext:
             yield
 
     @classmethod
-    def build(cls, config: ApiConfig, limiter: RateLimiter | None = None) -> ApiContext:
+    def build(
+        cls,
+        config: ApiConfig,
+        limiter: RateLimiter | None = None,
+        receipt_turns: Path | None = None,
+    ) -> ApiContext:
         """Everything made once, at start-up (the outbox schema too: never in a race).
-        Workers of one server pass the ``limiter`` they share."""
+        Workers of one server pass the ``limiter`` they share and the lock file through
+        which they take turns committing receipts."""
         from flagtrail.settings import make_engine
         from producers.outbox import Outbox
 
@@ -61,7 +68,7 @@ class ApiContext:
             limiter or RateLimiter(config.rate_per_minute, config.rate_burst),
             ApiMetrics(),
             outbox,
-            ReceiptWriter(outbox),
+            ReceiptWriter(outbox, receipt_turns),
         )
 
 

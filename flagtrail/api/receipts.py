@@ -10,12 +10,23 @@ running (the leader), in its own thread; pulls arriving meanwhile queue theirs f
 next round, which one of them leads. No writer thread: a hand-off between threads is
 what a small pull costs most in CPython, and no pull commits more than one round of
 others' receipts while its own is in.
+
+The workers of one server (`serve --workers N`) also take turns through a file lock
+around their commits. Without it two workers' receipts met on SQLite's write lock,
+whose busy wait sleeps in growing steps (1, 2, 5, 10 … 100 ms): a commit's p99 went
+from 11 to 35 ms, its worst case to 107 ms. A file lock wakes the next worker as soon
+as the commit is done, and its next round carries everything queued meanwhile.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from producers.meta import record_export_receipt
@@ -30,8 +41,10 @@ _Item = tuple[str, str, dict[str, Any], "Future[str]"]
 
 
 class ReceiptWriter:
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, turns: Path | None = None) -> None:
+        """``turns``: a lock file the writers of every worker share (None: one process)."""
         self.outbox = outbox
+        self._turns = None if turns is None else os.open(turns, os.O_RDWR | os.O_CREAT, 0o600)
         self._changed = threading.Condition()  # guards the two below; notified per round
         self._pending: list[_Item] = []
         self._leading = False  # a round is being committed
@@ -73,8 +86,19 @@ class ReceiptWriter:
                 self._leading = False
                 self._changed.notify_all()
 
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        if self._turns is None:
+            yield
+            return
+        fcntl.flock(self._turns, fcntl.LOCK_EX)  # waits without holding the GIL
+        try:
+            yield
+        finally:
+            fcntl.flock(self._turns, fcntl.LOCK_UN)
+
     def _commit(self, group: list[_Item]) -> None:
-        with self.outbox.engine.begin() as conn:
+        with self._turn(), self.outbox.engine.begin() as conn:
             ids = [record_export_receipt(self.outbox, conn, t, r, d) for t, r, d, _ in group]
         for event_id, item in zip(ids, group, strict=True):
             item[3].set_result(event_id)

@@ -84,8 +84,13 @@ class WorkerApp:
     limiter: RateLimiter
     log_format: str
     log_level: str
-    # where a worker that cannot start leaves its one sentence for `serve` to say
-    failure: Path
+    # the server's private folder: the start failure a worker leaves there for `serve`
+    # to say, and the lock the workers take turns committing receipts through
+    folder: Path
+
+    @property
+    def failure(self) -> Path:
+        return self.folder / "start-failure"
 
     def __call__(self) -> FastAPI:
         from flagtrail.api.app import create_app
@@ -95,7 +100,8 @@ class WorkerApp:
         try:
             settings = self.config.settings
             configure(self.log_format, self.log_level, urls=(settings.outbox_url, settings.log_url))
-            return create_app(self.config, ApiContext.build(self.config, self.limiter))
+            turns = self.folder / "receipt-turns"
+            return create_app(self.config, ApiContext.build(self.config, self.limiter, turns))
         except Exception as exc:
             self._give_up(exc)
 
@@ -148,8 +154,7 @@ def run_workers(
         limiter = RateLimiter(
             config.rate_per_minute, config.rate_burst, table=Path(shared, "rate-limits")
         )
-        failure = Path(shared, "start-failure")
-        factory = WorkerApp(config, limiter, log_format, log_level, failure)
+        factory = WorkerApp(config, limiter, log_format, log_level, Path(shared))
         supervisor = multiprocess.Multiprocess(
             uvicorn.Config(factory, factory=True, workers=config.workers, **uvicorn_options),
             sockets=[sock],
@@ -157,4 +162,4 @@ def run_workers(
         with _workers_keep_receipts():
             supervisor.run()
         if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
-            raise _start_failure(failure)
+            raise _start_failure(factory.failure)
