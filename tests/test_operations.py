@@ -61,9 +61,12 @@ def seed_snippet(jsonl: Path) -> str:
 
 
 def export_today(workdir: Path, keys: Path, out: str = "ev"):
+    """Export yesterday and today: a fresh log holds only this test's records, and a test
+    that runs across midnight (or records an hour back) keeps them all in the window."""
     today = datetime.now(UTC).date()
+    since = today - timedelta(days=1)
     with open_log("sqlite:///log.db") as audit_log:
-        return export_window(audit_log, today, today, workdir / out, keys / "audit-private.pem")
+        return export_window(audit_log, since, today, workdir / out, keys / "audit-private.pem")
 
 
 def test_operator_rotation_links_to_the_record_before_it_and_is_reported(
@@ -159,10 +162,11 @@ def test_outage_gap_is_found_documented_and_listed_in_the_manifest(
     record_changes(workdir, 3, clock=SteppingClock(hour_ago, timedelta(seconds=10)))
     relay_once(workdir)  # an hour late: the relay was down
     today = datetime.now(UTC).date().isoformat()
-    scan = run_cli("gap", "scan", "--start", today, "--end", today, cwd=workdir)
+    since = hour_ago.date().isoformat()  # yesterday, when the test runs just after midnight
+    scan = run_cli("gap", "scan", "--start", since, "--end", today, cwd=workdir)
     assert scan.returncode == 0 and "relay_outage" in scan.stdout and "UNDOCUMENTED" in scan.stdout
     strict = run_cli(
-        "gap", "scan", "--start", today, "--end", today, "--fail-on-undocumented", cwd=workdir
+        "gap", "scan", "--start", since, "--end", today, "--fail-on-undocumented", cwd=workdir
     )
     assert strict.returncode == 1
     start = (hour_ago - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -185,7 +189,7 @@ def test_outage_gap_is_found_documented_and_listed_in_the_manifest(
     assert documented.returncode == 0, documented.stderr
     relay_once(workdir)
     scan = run_cli(
-        "gap", "scan", "--start", today, "--end", today, "--fail-on-undocumented", cwd=workdir
+        "gap", "scan", "--start", since, "--end", today, "--fail-on-undocumented", cwd=workdir
     )
     assert scan.returncode == 0 and "documented by" in scan.stdout
     statement = log_records()[-1]

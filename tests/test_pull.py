@@ -20,7 +20,8 @@ from tests.test_cli import RECORD
 from tests.tls import TestCA, make_ca
 
 TODAY = datetime.now(UTC).date()
-START, END = (TODAY - timedelta(days=7)).isoformat(), TODAY.isoformat()
+# the window ends tomorrow: records made after midnight (a run that crosses it) stay in
+START, END = (TODAY - timedelta(days=7)).isoformat(), (TODAY + timedelta(days=1)).isoformat()
 STEM = f"flag-audit-soc2_{START}_{END}"
 TOKEN = "ft_test_token_not_a_secret"
 

@@ -16,7 +16,8 @@ from tests.test_cli import RECORD
 from tests.tls import TestCA, make_ca
 
 TODAY = datetime.now(UTC).date()
-START, END = (TODAY - timedelta(days=7)).isoformat(), TODAY.isoformat()
+# the window ends tomorrow: records made after midnight (a run that crosses it) stay in
+START, END = (TODAY - timedelta(days=7)).isoformat(), (TODAY + timedelta(days=1)).isoformat()
 STEM = f"flag-audit-soc2_{START}_{END}"
 pytestmark = pytest.mark.skipif(
     not serve_available(), reason="`flagtrail serve` is built in parallel (issue 8, section 1)"

@@ -25,7 +25,8 @@ SCRIPT = REPO / "scripts/soc2-evidence-pull.sh"
 SEED_SCRIPT = REPO / "tests/seed/soc2-evidence-pull.sh"
 SEED_VERIFIER = REPO / "tests/seed/verify_chain.py"
 TODAY = datetime.now(UTC).date()
-START, END = (TODAY - timedelta(days=7)).isoformat(), TODAY.isoformat()
+# the window ends tomorrow: records made after midnight (a run that crosses it) stay in
+START, END = (TODAY - timedelta(days=7)).isoformat(), (TODAY + timedelta(days=1)).isoformat()
 JSONL = f"flag-audit-soc2_{START}_{END}.jsonl"
 needs_serve = pytest.mark.skipif(
     not serve_available(), reason="`flagtrail serve` is built in parallel (issue 8, section 1)"
