@@ -1,0 +1,105 @@
+"""Attacks on the receipts of pulls: a receipt the pull was told had failed must never be
+chained later (its pull then chains "aborted": two receipts, one of them "complete" for a
+client that never got the last chunk), and an outbox locked by another process must not
+make a round retry every receipt one by one, each waiting out the lock again."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, event
+
+from flagtrail.api import receipts
+from flagtrail.api.receipts import ReceiptWriter
+from producers.identity import SAMPLE_DIRECTORY
+from producers.outbox import Outbox
+
+
+def chained_tokens(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT payload FROM flagtrail_outbox ORDER BY id").fetchall()
+    return [json.loads(p)["meta"]["token"] for (p,) in rows]
+
+
+def outbox_at(tmp_path: Path, busy_timeout_s: float = 60) -> Outbox:
+    (tmp_path / "identities.toml").write_text(SAMPLE_DIRECTORY)
+    engine = create_engine(
+        f"sqlite:///{tmp_path / 'outbox.db'}", connect_args={"timeout": busy_timeout_s}
+    )
+    return Outbox(engine, str(tmp_path / "identities.toml"))
+
+
+def test_a_receipt_that_timed_out_is_never_chained_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker holds the turn for longer than a pull waits for its receipt: the
+    pull is told its receipt failed (its stream withholds the last chunk and chains
+    "aborted"). The receipt it gave up on must not be committed by a later round."""
+    monkeypatch.setattr(receipts, "WAIT_S", 0.5)
+    turns = tmp_path / "receipt-turns"
+    writer = ReceiptWriter(outbox_at(tmp_path), turns)
+    other_worker = os.open(turns, os.O_RDWR)
+    fcntl.flock(other_worker, fcntl.LOCK_EX)  # another worker's commit takes its time
+    results: dict[str, str | Exception] = {}
+
+    def write(token: str) -> None:
+        try:
+            results[token] = writer.write(token, "/v1/export", {"outcome": "complete"})
+        except Exception as exc:
+            results[token] = exc
+
+    leader = threading.Thread(target=write, args=("leader",))
+    leader.start()
+    leader.join(0.2)  # leads a round, waiting for its turn
+    follower = threading.Thread(target=write, args=("gave-up",))
+    follower.start()
+    follower.join(10)
+    assert isinstance(results["gave-up"], TimeoutError), results
+    fcntl.flock(other_worker, fcntl.LOCK_UN)
+    os.close(other_worker)
+    leader.join(10)
+    assert isinstance(results["leader"], str), results
+    writer.write("later", "/v1/export", {"outcome": "complete"})  # the next round
+    assert "gave-up" not in chained_tokens(tmp_path / "outbox.db"), (
+        "a receipt its pull was told had failed was chained afterwards"
+    )
+
+
+def test_a_locked_outbox_fails_a_round_once_not_once_per_receipt(tmp_path: Path) -> None:
+    """Another process holds the outbox's write lock: a round fails after one wait for
+    it, not one wait per receipt (256 receipts x SQLite's 60 s is four hours)."""
+    outbox = outbox_at(tmp_path, busy_timeout_s=0.2)
+    writer = ReceiptWriter(outbox)
+    writer.write("warm", "/v1/export", {})
+    attempts = []
+    event.listen(outbox.engine, "begin", lambda conn: attempts.append(1))
+    other = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    tokens = [f"ci-{n}" for n in range(24)]
+    results: dict[str, str | Exception] = {}
+    start = threading.Barrier(len(tokens))
+
+    def one(token: str) -> None:
+        start.wait()
+        try:
+            results[token] = writer.write(token, "/v1/export", {})
+        except Exception as exc:
+            results[token] = exc
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    other.execute("ROLLBACK")
+    other.close()
+    assert all(isinstance(results[t], Exception) for t in tokens), results
+    assert len(attempts) < len(tokens) // 2, f"{len(attempts)} transactions for one lock"
+    assert isinstance(writer.write("after", "/v1/export", {}), str)
+    assert chained_tokens(tmp_path / "outbox.db") == ["warm", "after"]
