@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from producers.errors import DuplicateEvent, InvalidChange
 from producers.meta import record_export_receipt
 
 if TYPE_CHECKING:
@@ -57,27 +58,39 @@ class ReceiptWriter:
         while not done.done():
             with self._changed:
                 while self._leading and not done.done():
-                    if not self._changed.wait(WAIT_S):
+                    if not self._changed.wait(WAIT_S) and self._withdraw(done):
+                        # withdrawn: no later round may chain a receipt its pull was
+                        # told had failed (the pull then chains itself as unfinished)
                         raise TimeoutError("the outbox did not commit the receipt in time")
+                    # not withdrawn: it is in the round being committed, whose
+                    # outcome is the truth; the outbox's own timeouts bound that round
                 if done.done():
                     break
                 self._leading = True
             self._round()
         return done.result()
 
+    def _withdraw(self, done: Future[str]) -> bool:
+        """Take a receipt out of the queue (the caller holds the lock); False if a round
+        has already taken it."""
+        for index, item in enumerate(self._pending):
+            if item[3] is done:
+                del self._pending[index]
+                return True
+        return False
+
     def _round(self) -> None:
         """Commit up to MAX_GROUP pending receipts, then wake every waiting pull."""
         with self._changed:
             group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
         try:
-            try:
-                self._commit(group)
-            except Exception:
-                for item in group:  # one bad receipt must not fail the others: one by one
-                    try:
-                        self._commit([item])
-                    except Exception as exc:
-                        item[3].set_exception(exc)
+            self._commit(group)
+        except Exception as exc:
+            # the outbox failed the whole round (locked, gone): retrying the receipts one
+            # by one would wait out the same lock once per receipt
+            for item in group:
+                if not item[3].done():
+                    item[3].set_exception(exc)
         finally:
             for item in group:  # interrupted: no pull may wait for a round that is over
                 if not item[3].done():
@@ -98,10 +111,20 @@ class ReceiptWriter:
             fcntl.flock(self._turns, fcntl.LOCK_UN)
 
     def _commit(self, group: list[_Item]) -> None:
+        written: list[tuple[str, Future[str]]] = []
         with self._turn(), self.outbox.engine.begin() as conn:
-            ids = [record_export_receipt(self.outbox, conn, t, r, d) for t, r, d, _ in group]
-        for event_id, item in zip(ids, group, strict=True):
-            item[3].set_result(event_id)
+            for token, route, details, done in group:
+                try:
+                    written.append(
+                        (record_export_receipt(self.outbox, conn, token, route, details), done)
+                    )
+                except (InvalidChange, DuplicateEvent, TypeError, ValueError) as exc:
+                    # this receipt's own fault, refused before its insert or by an
+                    # insert that did nothing (ON CONFLICT): the transaction stays
+                    # usable and the others commit. An error of the outbox fails them all.
+                    done.set_exception(exc)
+        for event_id, done in written:
+            done.set_result(event_id)
 
 
 def chain_receipt(ctx: ApiContext, token: str, route: str, details: dict[str, Any]) -> str:
