@@ -5,11 +5,14 @@ make a round retry every receipt one by one, each waiting out the lock again."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
 import sqlite3
 import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,57 @@ def test_a_locked_outbox_fails_a_round_once_not_once_per_receipt(tmp_path: Path)
     assert len(attempts) < len(tokens) // 2, f"{len(attempts)} transactions for one lock"
     assert isinstance(writer.write("after", "/v1/export", {}), str)
     assert chained_tokens(tmp_path / "outbox.db") == ["warm", "after"]
+
+
+class SlowPull:
+    """A pull whose opening takes a while (a big package being built) and that is longer
+    than one chunk: it is chained as started before stream_pull returns."""
+
+    media_type = "application/gzip"
+    headers = None
+
+    def __init__(self, opened: threading.Event, release: threading.Event) -> None:
+        opened.set()
+        release.wait(10)
+        self.receipts: list[str] = []
+        SlowPull.last = self
+
+    def chunks(self) -> Iterator[bytes]:
+        yield from [b"a" * 10, b"b" * 10]
+
+    def start(self) -> None:
+        self.receipts.append("started")
+
+    def end(self, complete: bool, client_left: bool) -> None:
+        # the real pulls close their log and delete their package folder here
+        self.receipts.append("complete" if complete else "aborted")
+
+
+def test_a_pull_cancelled_while_it_opens_is_chained_as_unfinished() -> None:
+    """SIGTERM's grace period runs out while a pull is being opened: the request is
+    cancelled, but the thread opening it runs on and chains it as started. The pull must
+    then be ended (chained as aborted, its log closed, its package folder deleted), not
+    dropped with a started receipt and nothing after it, as if the server had been killed."""
+    from flagtrail.api.streaming import stream_pull
+
+    opened, release = threading.Event(), threading.Event()
+    slots = asyncio.Semaphore(1)
+
+    @asynccontextmanager
+    async def slot() -> AsyncIterator[None]:
+        async with slots:
+            yield
+
+    async def main() -> None:
+        task = asyncio.create_task(stream_pull(slot(), SlowPull, opened, release))
+        while not opened.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not slots.locked(), "the stream slot is given back"
+
+    asyncio.run(main())
+    assert SlowPull.last.receipts == ["started", "aborted"]
