@@ -11,8 +11,9 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -159,4 +160,53 @@ def test_a_pull_cancelled_while_it_opens_is_chained_as_unfinished() -> None:
         assert not slots.locked(), "the stream slot is given back"
 
     asyncio.run(main())
+    for _ in range(100):  # on whatever thread still runs: give it its time
+        if len(getattr(SlowPull, "last", SlowPull).__dict__.get("receipts", [])) >= 2:
+            break
+        time.sleep(0.02)
     assert SlowPull.last.receipts == ["started", "aborted"]
+
+
+def test_a_stream_cancelled_while_it_reads_its_last_chunk_is_chained_once() -> None:
+    """SIGTERM's grace period runs out (uvicorn cancels the task) while the thread reads
+    the last chunk and chains the pull complete. The thread runs on; the stream must not
+    also chain it as aborted, nor end the pull (close its log) while the thread reads."""
+    from flagtrail.api.streaming import CheckedStream
+
+    reading, release = threading.Event(), threading.Event()
+    calls: list[tuple[bool, bool]] = []
+    ended = threading.Event()
+
+    def chunks() -> Iterator[bytes]:
+        yield b"first"
+        yield b"last"
+        reading.set()  # is there more? (the last chunk is known as last only then)
+        release.wait(10)
+
+    def on_end(complete: bool, client_left: bool) -> None:
+        calls.append((complete, client_left))
+        ended.set()
+
+    stream = CheckedStream(chunks(), "text/plain", on_end, on_start=lambda: None)
+
+    async def receive() -> dict[str, str]:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: object) -> None:
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        task = asyncio.create_task(stream({"type": "http"}, receive, send))
+        while not reading.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.sleep(0.1)
+        release.set()
+        with suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)  # whatever still runs in a thread
+
+    asyncio.run(main())
+    ended.wait(5)
+    assert len(calls) == 1, f"the pull was chained {calls}"
