@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 MAX_GROUP = 256
 WAIT_S = 120
+# how long a round waits for a lock another session holds on the outbox: SQLite's busy
+# timeout (flagtrail.settings.make_engine); PostgreSQL would wait for as long as it is held
+LOCK_WAIT_S = 60
 _Item = tuple[str, str, dict[str, Any], "Future[str]"]
 
 
@@ -113,6 +116,8 @@ class ReceiptWriter:
     def _commit(self, group: list[_Item]) -> None:
         written: list[tuple[str, Future[str]]] = []
         with self._turn(), self.outbox.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT_S * 1000)}ms'")
             for token, route, details, done in group:
                 try:
                     written.append(
