@@ -3,11 +3,18 @@ trusts, no more and no less."""
 
 from __future__ import annotations
 
+import re
+import time
+from pathlib import Path
+
+import httpx
 import pytest
 from uvicorn.middleware.proxy_headers import _TrustedHosts
 
 from flagtrail.commands.serve import _trusted_proxies
 from producers.errors import ConfigError
+from tests.apiserver import Server, serve
+from tests.test_api import chain_folder
 
 
 @pytest.mark.parametrize(
@@ -37,3 +44,21 @@ def test_nothing_named_trusts_no_one() -> None:
 
 def test_star_alone_trusts_every_proxy() -> None:
     assert "203.0.113.9" in _TrustedHosts(_trusted_proxies(" * ") or "")
+
+
+def test_the_access_log_names_the_client_whose_limit_counts(tmp_path: Path, rsa_keys: Path) -> None:
+    """Who asked: the peer itself, unless the operator named it as a proxy (then the
+    address it forwards). A forged X-Forwarded-For must not be what the log says."""
+    folder = chain_folder(tmp_path, rsa_keys)
+    forged = {"Authorization": "Bearer ftk_guess", "X-Forwarded-For": "203.0.113.7"}
+
+    def logged_clients(server: Server) -> list[str]:
+        httpx.get(f"{server.url}/v1/head", headers=forged)
+        time.sleep(0.3)
+        lines = [line for line in server.log().splitlines() if "/v1/head" in line]
+        return [m for line in lines for m in re.findall(r"client\W+([0-9a-f.:]+)", line)]
+
+    with serve(folder) as server:
+        assert logged_clients(server) == ["127.0.0.1"]
+    with serve(folder, "--forwarded-allow-ips", "127.0.0.1") as server:
+        assert logged_clients(server) == ["203.0.113.7"]
