@@ -210,3 +210,27 @@ def test_a_stream_cancelled_while_it_reads_its_last_chunk_is_chained_once() -> N
     asyncio.run(main())
     ended.wait(5)
     assert len(calls) == 1, f"the pull was chained {calls}"
+
+
+def test_workers_keep_taking_turns_after_the_turns_file_is_replaced(tmp_path: Path) -> None:
+    """A cleaner of temporary files deletes the turns file (it is never written, so it
+    looks unused), and a worker restarted afterwards creates a new one: the workers
+    already running must take turns through that one too, not through the deleted file
+    (they would meet on SQLite's write lock again, whose busy wait sleeps up to 100 ms)."""
+    outbox = outbox_at(tmp_path)
+    turns = tmp_path / "receipt-turns"
+    running = ReceiptWriter(outbox, turns)
+    running.write("before", "/v1/export", {})
+    turns.unlink()
+    ReceiptWriter(outbox, turns)  # a worker restarted since: it creates the file anew
+    restarted_worker = os.open(turns, os.O_RDWR)
+    fcntl.flock(restarted_worker, fcntl.LOCK_EX)  # ...and is committing
+    done: list[str] = []
+    waiting = threading.Thread(target=lambda: done.append(running.write("a", "/v1/export", {})))
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive() and done == [], "it did not wait for its turn"
+    fcntl.flock(restarted_worker, fcntl.LOCK_UN)
+    os.close(restarted_worker)
+    waiting.join(10)
+    assert len(done) == 1
