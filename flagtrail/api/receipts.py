@@ -48,6 +48,7 @@ class ReceiptWriter:
     def __init__(self, outbox: Outbox, turns: Path | None = None) -> None:
         """``turns``: a lock file the writers of every worker share (None: one process)."""
         self.outbox = outbox
+        self._turns_path = turns
         self._turns = None if turns is None else os.open(turns, os.O_RDWR | os.O_CREAT, 0o600)
         self._changed = threading.Condition()  # guards the two below; notified per round
         self._pending: list[_Item] = []
@@ -107,11 +108,33 @@ class ReceiptWriter:
         if self._turns is None:
             yield
             return
-        fcntl.flock(self._turns, fcntl.LOCK_EX)  # waits without holding the GIL
+        turns = self._current_turns()
+        fcntl.flock(turns, fcntl.LOCK_EX)  # waits without holding the GIL
         try:
             yield
         finally:
-            fcntl.flock(self._turns, fcntl.LOCK_UN)
+            fcntl.flock(turns, fcntl.LOCK_UN)
+
+    def _current_turns(self) -> int:
+        """The turns file at its path, reopened if it was deleted or replaced there (a
+        cleaner of temporary files; a worker restarted since then creates a new one):
+        locking the old one, this worker would no longer take turns with that one. Only
+        the leader of a round calls this. Turns are for speed (the outbox's own lock
+        keeps commits apart): a file that cannot be reopened keeps the old one."""
+        assert self._turns is not None and self._turns_path is not None
+        try:
+            held, there = os.fstat(self._turns), os.stat(self._turns_path)
+            if (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
+                return self._turns
+        except OSError:
+            pass
+        try:
+            fresh = os.open(self._turns_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return self._turns
+        os.close(self._turns)
+        self._turns = fresh
+        return fresh
 
     def _commit(self, group: list[_Item]) -> None:
         written: list[tuple[str, Future[str]]] = []
