@@ -78,8 +78,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 class AccessLog:
-    """One log line and the metrics per request. The query string is never logged
-    (a token pasted into a URL must not end up in the logs)."""
+    """One log line and the metrics per request, naming the client. The query string is
+    never logged (a token pasted into a URL must not end up in the logs)."""
 
     def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
         self.app, self.ctx = app, ctx
@@ -105,11 +105,15 @@ class AccessLog:
             self.ctx.metrics.requests.labels(route, str(status)).inc()
             self.ctx.metrics.duration.labels(route).observe(elapsed)
             state = scope.get("state") or {}
+            peer = scope.get("client")
             log.info(
                 "api.request",
                 method=scope["method"],
                 path=scope["path"][:200],
                 status=status,
+                # the address the limits count: the peer's own, or what a proxy the
+                # operator named (--forwarded-allow-ips) forwarded
+                client=peer[0] if peer else None,
                 caller=state.get("token"),
                 seconds=round(elapsed, 4),
             )

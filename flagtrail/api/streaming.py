@@ -14,9 +14,10 @@ is in the log.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import anyio
 import structlog
@@ -25,6 +26,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 log = structlog.get_logger("flagtrail.api")
+T = TypeVar("T")
 
 
 class Pull(Protocol):
@@ -48,20 +50,52 @@ async def stream_pull(
     with the token check). The slot is given back at once if building fails; otherwise
     the stream holds it until it ends. Thread hops are what a small pull costs most."""
     await slot.__aenter__()
+    opened: list[CheckedStream] = []
     try:
-        return await run_in_threadpool(_open, slot, build, args)
+        return await in_thread(_open, slot, build, args, opened)
     except BaseException as exc:
+        # cancelled (shutdown) while the thread opened it, maybe chaining it as started:
+        # end it as unfinished, as a dropped client's
+        if opened and not opened[0].chained:
+            await opened[0].end_unfinished(client_left=False)
         await slot.__aexit__(type(exc), exc, exc.__traceback__)
         raise
 
 
+async def in_thread(func: Callable[..., T], *args: object) -> T:
+    """run_in_threadpool, except that a cancelled caller still waits for the thread.
+
+    A cancelled task (uvicorn cancels the requests still running when its shutdown grace
+    period ends) stops waiting for its thread, but the thread runs on: it may chain a
+    receipt, or read the log that the cancelled pull then closes. Waiting it out keeps
+    one truth about the pull: what the thread did is known before the pull is ended
+    (the cancellation is then raised). ReceiptKeepingServer waits for such tasks."""
+    job = asyncio.ensure_future(run_in_threadpool(func, *args))
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(job)
+            break
+        except asyncio.CancelledError:
+            if job.done():  # the job itself was cancelled (the loop is closing)
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
 def _open(
-    slot: AbstractAsyncContextManager[None], build: Callable[..., Pull], args: tuple[object, ...]
+    slot: AbstractAsyncContextManager[None],
+    build: Callable[..., Pull],
+    args: tuple[object, ...],
+    opened: list[CheckedStream],
 ) -> CheckedStream:
     pull = build(*args)
     stream = CheckedStream(
         pull.chunks(), pull.media_type, pull.end, pull.headers, slot, on_start=pull.start
     )
+    opened.append(stream)
     stream.read_ahead()
     return stream
 
@@ -139,8 +173,7 @@ class CheckedStream(Response):
                     group.cancel_scope.cancel()
         finally:
             if not complete and not self._chained:  # shielded: chained even on shutdown
-                with anyio.CancelScope(shield=True):
-                    await self._end(False, left.is_set())
+                await self.end_unfinished(left.is_set())
         # not complete: return without the final chunk; the server closes the connection
 
     async def _send_all(self, send: Send, left: anyio.Event) -> bool:
@@ -163,7 +196,7 @@ class CheckedStream(Response):
         first, self._first = self._first, None
         if isinstance(first, Exception):
             raise first
-        return first or await run_in_threadpool(self._advance)
+        return first or await in_thread(self._advance)
 
     def _advance(self) -> tuple[bytes, bool]:
         """The next chunk and whether it is the last, reading one chunk ahead: a stream
@@ -190,9 +223,17 @@ class CheckedStream(Response):
         except Exception as exc:
             raise ReceiptFailed(type(exc).__name__) from exc
 
-    async def _end(self, complete: bool, client_left: bool) -> bool:
+    @property
+    def chained(self) -> bool:
+        """The pull's end is chained (complete, or unfinished): never chain a second."""
+        return self._chained
+
+    async def end_unfinished(self, client_left: bool) -> bool:
+        """Chain the pull as unfinished (and let it close its source), once."""
+        self._chained = True
         try:
-            await run_in_threadpool(self.on_end, complete, client_left)
+            with anyio.CancelScope(shield=True):
+                await in_thread(self.on_end, False, client_left)
             return True
         except Exception as exc:
             log.error("api.receipt_failed", reason=str(exc), kind=type(exc).__name__)

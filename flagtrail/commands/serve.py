@@ -126,16 +126,24 @@ def _trusted_proxies(given: str | None) -> str | None:
 
     text = given or os.environ.get("FLAGTRAIL_API_FORWARDED_ALLOW_IPS") or ""
     items = [item.strip() for item in text.split(",") if item.strip()]
+    if "*" in items:
+        if len(items) > 1:  # uvicorn trusts everyone only for a lone *; among others it is a name
+            raise ConfigError("--forwarded-allow-ips: * trusts every proxy; name it alone")
+        return "*"
+    # written as uvicorn reads them: a network with host bits set (10.1.2.3/8) is to it
+    # a name that no address matches, so the operator's proxy would silently not count
+    checked = []
     for item in items:
-        if item == "*":
-            continue
         try:
-            ipaddress.ip_network(item, strict=False)
+            if "/" in item:
+                checked.append(str(ipaddress.ip_network(item, strict=False)))
+            else:
+                checked.append(str(ipaddress.ip_address(item)))
         except ValueError:
             raise ConfigError(
                 f"--forwarded-allow-ips: {item!r} is not an address, a network or *"
             ) from None
-    return ",".join(items) or None
+    return ",".join(checked) or None
 
 
 def _check_tls(cert: Path, key: Path) -> None:
