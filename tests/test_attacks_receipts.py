@@ -23,6 +23,7 @@ from flagtrail.api import receipts
 from flagtrail.api.receipts import ReceiptWriter
 from producers.identity import SAMPLE_DIRECTORY
 from producers.outbox import Outbox
+from tests.test_api_receipts import write_all
 
 
 def chained_tokens(db: Path) -> list[str]:
@@ -86,21 +87,7 @@ def test_a_locked_outbox_fails_a_round_once_not_once_per_receipt(tmp_path: Path)
     other = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     tokens = [f"ci-{n}" for n in range(24)]
-    results: dict[str, str | Exception] = {}
-    start = threading.Barrier(len(tokens))
-
-    def one(token: str) -> None:
-        start.wait()
-        try:
-            results[token] = writer.write(token, "/v1/export", {})
-        except Exception as exc:
-            results[token] = exc
-
-    threads = [threading.Thread(target=one, args=(t,)) for t in tokens]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = write_all(writer, tokens)
     other.execute("ROLLBACK")
     other.close()
     assert all(isinstance(results[t], Exception) for t in tokens), results
