@@ -278,6 +278,10 @@ def test_no_route_can_write_and_unknown_paths_are_problems(api: Server, token: s
         got = httpx.request(method, f"{api.url}{path}", headers=auth(token), data=H1)
         assert got.status_code in (404, 405), (method, path, got.status_code)
         assert got.headers["content-type"] == "application/problem+json"
+    # a 405 names every method the path takes (/v1/export is a GET and a POST route)
+    refused = httpx.put(f"{api.url}/v1/export", headers=auth(token))
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, POST"
+    assert httpx.post(f"{api.url}/v1/head").headers["allow"] == "GET"
 
 
 def test_head_requests_stream_nothing_and_chain_no_receipt(api: Server, token: str) -> None:

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flagtrail import __version__
@@ -41,6 +42,17 @@ def _problem_of(exc: FlagtrailError) -> Problem:
     return Problem(503, "server-not-ready", str(exc))
 
 
+def _allowed_methods(request: Request) -> str:
+    """The methods of every route on the request's path (a path with a GET and a POST
+    route is two routes: the one that refused names only its own)."""
+    methods: set[str] = set()
+    for route in request.app.state.own_routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Problem)
@@ -54,7 +66,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        problem = Problem(exc.status_code, kind, str(exc.detail), headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110 15.5.6: every method the path takes
+            headers["Allow"] = _allowed_methods(request)
+        problem = Problem(exc.status_code, kind, str(exc.detail), headers=headers)
         return problem_response(problem, request.url.path)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
@@ -133,8 +148,11 @@ def create_app(config: ApiConfig, ctx: ApiContext | None = None) -> FastAPI:
     )
     app.state.ctx = ctx
     _install_error_handlers(app)
+    app.state.own_routes = []  # for the Allow header of a 405 (see _allowed_methods)
     for name in ROUTE_MODULES:
-        app.include_router(importlib.import_module(f"flagtrail.api.routes.{name}").router)
+        router = importlib.import_module(f"flagtrail.api.routes.{name}").router
+        app.include_router(router)
+        app.state.own_routes += router.routes
     app.add_middleware(AccessLog, ctx=ctx)
     return app
 
