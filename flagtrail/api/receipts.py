@@ -87,18 +87,17 @@ class ReceiptWriter:
         """Commit up to MAX_GROUP pending receipts, then wake every waiting pull."""
         with self._changed:
             group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+        failure: BaseException = RuntimeError("the receipt's commit was interrupted")
         try:
             self._commit(group)
         except Exception as exc:
             # the outbox failed the whole round (locked, gone): retrying the receipts one
             # by one would wait out the same lock once per receipt
-            for item in group:
-                if not item[3].done():
-                    item[3].set_exception(exc)
+            failure = exc
         finally:
-            for item in group:  # interrupted: no pull may wait for a round that is over
+            for item in group:  # no pull may wait for a round that is over
                 if not item[3].done():
-                    item[3].set_exception(RuntimeError("the receipt's commit was interrupted"))
+                    item[3].set_exception(failure)
             with self._changed:
                 self._leading = False
                 self._changed.notify_all()

@@ -136,7 +136,6 @@ class CheckedStream(Response):
         self._ahead: bytes | None = None  # the chunk read ahead of the one being sent
         self._first: tuple[bytes, bool] | Exception | None = None  # see read_ahead
         self._chained = False  # the receipt of a complete pull is in: never chain a second
-        self._sent_any = False  # a chunk has been handed out to send
 
     def read_ahead(self) -> None:
         """Take the first step now, in the thread that opened the source; its result (or
@@ -203,14 +202,13 @@ class CheckedStream(Response):
         that is complete chains its receipt in this same thread hop, before its last
         chunk goes out (a small pull costs one hop, not three); a longer one chains its
         start before its first chunk goes out."""
-        first = self._ahead is None and not self._sent_any
+        first = self._ahead is None  # nothing read ahead: only before the first chunk
         chunk = next(self.chunks, None) if self._ahead is None else self._ahead
         self._ahead = None if chunk is None else next(self.chunks, None)
         if self._ahead is not None:
             assert chunk is not None
             if first and self.on_start is not None:
                 self._receipt(self.on_start)
-            self._sent_any = True
             return chunk, False
         self._receipt(self.on_end, True, False)
         self._chained = True
@@ -228,13 +226,11 @@ class CheckedStream(Response):
         """The pull's end is chained (complete, or unfinished): never chain a second."""
         return self._chained
 
-    async def end_unfinished(self, client_left: bool) -> bool:
+    async def end_unfinished(self, client_left: bool) -> None:
         """Chain the pull as unfinished (and let it close its source), once."""
         self._chained = True
         try:
             with anyio.CancelScope(shield=True):
                 await in_thread(self.on_end, False, client_left)
-            return True
         except Exception as exc:
             log.error("api.receipt_failed", reason=str(exc), kind=type(exc).__name__)
-            return False
