@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -38,6 +39,18 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
     return value
+
+
+def at_most(most: int) -> Callable[[str], int]:
+    """A ``positive`` type that also refuses more than ``most``."""
+
+    def bounded(text: str) -> int:
+        value = positive(text)
+        if value > most:  # not echoed: it may be hundreds of digits
+            raise argparse.ArgumentTypeError(f"must be at most {most}")
+        return value
+
+    return bounded
 
 
 def seconds(text: str) -> float:

@@ -180,7 +180,7 @@ def _is_zombie(pid: int) -> bool:
 def test_a_bad_workers_setting_is_one_sentence(folder: Path) -> None:
     result = run_cli("serve", cwd=folder, env=env_for(folder, FLAGTRAIL_API_WORKERS="two"))
     assert result.returncode == 2
-    assert "FLAGTRAIL_API_WORKERS='two' is not a whole number" in result.stderr
+    assert "FLAGTRAIL_API_WORKERS: 'two' is not a whole number" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from flagtrail.options import at_most, port, positive
 from producers.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from flagtrail.options import add_backends, add_signing_key, port, positive
+    from flagtrail.options import add_backends, add_signing_key
 
     p = sub.add_parser(
         "serve",
@@ -33,12 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--rate-limit",
-        type=positive,
+        type=at_most(MOST_PER_MINUTE),
         help="requests a minute per token [env FLAGTRAIL_API_RATE_LIMIT, default 120]",
     )
     p.add_argument(
         "--max-streams",
-        type=positive,
+        type=at_most(MOST_STREAMS),
         help="exports and packages streamed at once, divided between the workers (each "
         "holds at least one); more wait their turn [env FLAGTRAIL_API_MAX_STREAMS, default 8]",
     )
@@ -72,26 +74,20 @@ MOST_STREAMS = 10**6
 SHUTDOWN_GRACE_S = 10
 
 
-def _env_int(
-    name: str, given: int | None, default: int, most: tuple[str, int] | None = None
+def _setting(
+    name: str, given: int | None, default: int, parse: Callable[[str], int] = positive
 ) -> int:
-    """``given`` (the option), else the variable ``name``, else ``default``; ``most`` is
-    (the option, the largest value it may take)."""
+    """``given`` (the option, which argparse parsed with ``parse``), else the variable
+    ``name`` parsed the same way, else ``default``."""
     if given is not None:
-        value = given
-    else:
-        text = os.environ.get(name)
-        if not text:
-            return default
-        try:
-            value = int(text)
-        except ValueError:
-            raise ConfigError(f"{name}={text!r} is not a whole number") from None
-        if value < 1:
-            raise ConfigError(f"{name}={text!r} must be at least 1")
-    if most is not None and value > most[1]:
-        raise ConfigError(f"{most[0]} / {name} must be at most {most[1]}")
-    return value
+        return given
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        return parse(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def api_config(args: argparse.Namespace):  # -> ApiConfig
@@ -100,23 +96,20 @@ def api_config(args: argparse.Namespace):  # -> ApiConfig
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
-    port = _env_int("FLAGTRAIL_API_PORT", args.port, DEFAULT_PORT)
-    if port > 65535:
-        raise ConfigError(f"FLAGTRAIL_API_PORT={port} is not a port number")
     return ApiConfig(
         settings=Settings.from_args(args),
         host=args.host or os.environ.get("FLAGTRAIL_API_HOST") or DEFAULT_HOST,
-        port=port,
+        port=_setting("FLAGTRAIL_API_PORT", args.port, DEFAULT_PORT, port),
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
-        max_window_days=_env_int("FLAGTRAIL_API_MAX_WINDOW_DAYS", args.max_window_days, 400),
-        rate_per_minute=_env_int(
-            "FLAGTRAIL_API_RATE_LIMIT", args.rate_limit, 120, ("--rate-limit", MOST_PER_MINUTE)
+        max_window_days=_setting("FLAGTRAIL_API_MAX_WINDOW_DAYS", args.max_window_days, 400),
+        rate_per_minute=_setting(
+            "FLAGTRAIL_API_RATE_LIMIT", args.rate_limit, 120, at_most(MOST_PER_MINUTE)
         ),
-        max_streams=_env_int(
-            "FLAGTRAIL_API_MAX_STREAMS", args.max_streams, 8, ("--max-streams", MOST_STREAMS)
+        max_streams=_setting(
+            "FLAGTRAIL_API_MAX_STREAMS", args.max_streams, 8, at_most(MOST_STREAMS)
         ),
-        workers=_env_int("FLAGTRAIL_API_WORKERS", args.workers, 1),
+        workers=_setting("FLAGTRAIL_API_WORKERS", args.workers, 1),
     )
 
 
